@@ -1,0 +1,31 @@
+"""mplp_graph: a graph-of-agents engine for learned learning rules (MPLP)."""
+
+from mplp_graph.ops import builtin as _builtin  # noqa: F401  (registers the built-in ops)
+from mplp_graph.compile.pipeline import Program, compile_graph
+from mplp_graph.errors import CompileError, GraphSpecError, Location, MplpGraphError, NotDifferentiableError
+from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec, OpRef, ScheduleSpec
+from mplp_graph.ir.verify import verify
+from mplp_graph.ops.registry import Op, get_op, op_names, register_op
+from mplp_graph.templates.feedforward import feedforward
+
+__all__ = [
+    "ArrowSpec",
+    "CompileError",
+    "FieldSpec",
+    "GraphSpec",
+    "GraphSpecError",
+    "GroupSpec",
+    "Location",
+    "MplpGraphError",
+    "NotDifferentiableError",
+    "Op",
+    "OpRef",
+    "Program",
+    "ScheduleSpec",
+    "compile_graph",
+    "feedforward",
+    "get_op",
+    "op_names",
+    "register_op",
+    "verify",
+]

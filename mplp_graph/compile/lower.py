@@ -1,0 +1,116 @@
+"""Pass: lower. Each kernel (the arrows of one stage that share parameters) becomes one op call
+over all their agents, followed by the routing of each arrow's messages.
+
+State layout (see :mod:`mplp_graph.ir.spec`): a field is stored as
+``[B?, *agent_shape (1 along constant axes), *field_shape]``. :func:`read` and :func:`write`
+convert between that and the kernel layout ``[b, *agent, *feature]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from mplp_graph.compile.resolve import ArrowPlan
+from mplp_graph.compile.route import Partial, route_bilinear, route_edges, route_map
+from mplp_graph.ir.spec import FieldSpec
+
+State = dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One op call: the arrows (>= 1) of a stage that share a share key."""
+
+    share: str | None
+    arrows: tuple[ArrowPlan, ...]
+
+    @property
+    def op(self):
+        return self.arrows[0].op
+
+
+def read(f: FieldSpec, value: Any) -> Any:
+    """Stored field -> kernel layout (add the batch axis of size 1, the scalar feature axis)."""
+    if not f.batched:
+        value = value[None]
+    if not f.shape:
+        value = value[..., None]
+    return value
+
+
+def write(f: FieldSpec, value: Any, stored_shape: tuple[int, ...]) -> Any:
+    """Kernel layout -> stored field. Per-example values written into a field without a batch
+    axis are averaged over the batch (paper eq. 4)."""
+    if not f.shape:
+        value = value[..., 0]
+    if f.batched:
+        return jnp.broadcast_to(value, stored_shape).astype(f.dtype)
+    value = jnp.mean(value, axis=0) if value.shape[0] > 1 else value[0]
+    return jnp.broadcast_to(value, stored_shape).astype(f.dtype)
+
+
+def _apply_fused(kernel: Kernel, params: Any, inputs_per_arrow: list[list[Any]]) -> list[dict[str, Any]]:
+    """Run the op once over the agents of all the kernel's arrows (flattened and concatenated)."""
+    arrows = kernel.arrows
+    if len(arrows) == 1:
+        a = arrows[0]
+        return [a.op.apply(params, tuple(inputs_per_arrow[0]), a.args)]
+    b = max(x.shape[0] for xs in inputs_per_arrow for x in xs)
+    flat_inputs = []
+    for j in range(len(inputs_per_arrow[0])):
+        parts = []
+        for a, xs in zip(arrows, inputs_per_arrow):
+            feat = xs[j].shape[1 + len(a.src_shape) :]
+            full = jnp.broadcast_to(xs[j], (b, *a.src_shape, *feat))
+            parts.append(full.reshape((b, -1, *feat)))  # (b, n_agents, *feat)
+        flat_inputs.append(jnp.concatenate(parts, axis=1))  # (b, sum n_agents, *feat)
+    out = arrows[0].op.apply(params, tuple(flat_inputs), arrows[0].args)
+    results: list[dict[str, Any]] = [{} for _ in arrows]
+    start = 0
+    for k, a in enumerate(arrows):
+        n = int(np.prod(a.src_shape))
+        for name, v in out.items():
+            piece = v[:, start : start + n]
+            results[k][name] = piece.reshape((v.shape[0], *a.src_shape, *v.shape[2:]))
+        start += n
+    return results
+
+
+def _can_fuse_bilinear(a: ArrowPlan) -> bool:
+    return (
+        a.op.bilinear
+        and a.spec.aggregate in ("sum", "mean")
+        and not a.conn.is_edges
+        and all(f == (1,) for f in a.in_features)
+        and not a.spec.updates
+    )
+
+
+def run_kernel(
+    kernel: Kernel, params: Any, state: State, fields: dict[str, dict[str, FieldSpec]]
+) -> tuple[list[tuple[str, str, Any]], list[tuple[ArrowPlan, Partial]]]:
+    """Returns ``(updates, partials)``: source-field writes and routed messages, not yet applied."""
+    inputs = [[read(fields[a.spec.src][n], state[a.spec.src][n]) for n in a.spec.inputs] for a in kernel.arrows]
+    updates: list[tuple[str, str, Any]] = []
+    partials: list[tuple[ArrowPlan, Partial]] = []
+    if len(kernel.arrows) == 1 and _can_fuse_bilinear(kernel.arrows[0]):
+        a = kernel.arrows[0]
+        x, y = inputs[0]
+        partials.append((a, route_bilinear(a, x, y, a.spec.aggregate)))
+        return updates, partials
+    outs = _apply_fused(kernel, params, inputs)
+    for a, out in zip(kernel.arrows, outs):
+        for fname, oname in a.spec.updates.items():
+            updates.append((a.spec.src, fname, out[oname]))
+        if a.spec.into is None:
+            continue
+        msg = out["message"]
+        if a.conn.is_edges:
+            partials.append((a, route_edges(a, msg, a.spec.aggregate)))
+        else:
+            partials.append((a, route_map(a, msg, a.spec.aggregate)))
+    return updates, partials

@@ -1,0 +1,71 @@
+"""compile_graph(): the passes, one line each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+
+from mplp_graph.compile.group import group_kernels
+from mplp_graph.compile.lower import Kernel
+from mplp_graph.compile.resolve import ArrowPlan, resolve
+from mplp_graph.compile.schedule import Schedule, build_schedule
+from mplp_graph.ir.spec import GraphSpec
+from mplp_graph.ir.verify import verify
+from mplp_graph.runtime import execute
+from mplp_graph.runtime.state import init_state
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """A compiled graph. Every method is a pure function of its arguments (jit/vmap/scan-able);
+    the program itself is static data (hashable by identity)."""
+
+    spec: GraphSpec
+    plans: tuple[ArrowPlan, ...]
+    schedule: Schedule
+    phases: dict[str, tuple[tuple[Kernel, ...], ...]]
+
+    @property
+    def step_phases(self) -> tuple[str, ...]:
+        return self.schedule.step
+
+    def init(self, key: Any, batch_size: int = 1) -> dict[str, dict[str, Any]]:
+        """Fresh agent state ``{group: {field: array}}``."""
+        return init_state(self.spec, key, batch_size)
+
+    def init_params(self, key: Any) -> dict[str, Any]:
+        """Parameters of the parametrised ops, one entry per share key."""
+        params: dict[str, Any] = {}
+        for k, plan in enumerate(self.plans):
+            if plan.op.init is None or plan.share in params:
+                continue
+            params[plan.share] = plan.op.init(jax.random.fold_in(key, k), plan.in_features, plan.args)
+        return params
+
+    def step(self, params: Any, state: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Feed ``batch``, run the phases of ``schedule.step``; returns ``(state, outputs)``."""
+        return execute.step(self, params, state, batch)
+
+    def run_phase(self, phase: str, params: Any, state: Any) -> Any:
+        return execute.run_phase(self, phase, params, state)
+
+    def forward(self, params: Any, state: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """Feed ``batch`` and run only the ``forward`` phase."""
+        state = execute.feed(self, state, batch)
+        state = execute.run_phase(self, "forward", params, state)
+        return state, execute.outputs(self, state)
+
+    def report(self, batch_size: int = 1):
+        from mplp_graph.compile.report import compile_report
+
+        return compile_report(self, batch_size)
+
+
+def compile_graph(spec: GraphSpec) -> Program:
+    spec = verify(spec)  # rules, one function each (ir/verify.py)
+    plans = resolve(spec)  # shapes, batch flags, constant axes, connectivity per arrow
+    schedule = build_schedule(spec)  # phases -> ordered stages
+    phases = group_kernels(plans, schedule)  # stages -> kernels (arrows sharing a key fused)
+    return Program(spec, plans, schedule, phases)  # lowering happens when a phase is traced

@@ -1,0 +1,164 @@
+"""Message routing: index maps lower to broadcasts and axis reductions, edge lists to gather +
+segment reductions. No Python loop over agents or edges.
+
+Values use the kernel layout ``[b, *agent_axes, *feature]`` (``b`` is the batch size or 1; an
+agent axis has its size or 1 where the value is constant along it). Routing returns a
+:class:`Partial`: the per-destination-agent aggregate of one arrow's messages before the final
+``mean`` division, so that several arrows sending into one field (an inbox) can be combined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mplp_graph.compile.resolve import ArrowPlan
+
+
+@dataclass(frozen=True)
+class Partial:
+    """``value`` is a sum (for ``mean``/``sum``) or a max; ``count`` the number of incoming edges
+    per destination agent (a Python number for index maps, an array for edge lists)."""
+
+    value: Any
+    count: Any
+
+
+def _letter_axes(plan: ArrowPlan):
+    m = plan.conn.index_map
+    assert m is not None, "route_map needs an index map"
+    return m
+
+
+def finish_map(plan: ArrowPlan, reduced: Any, kept_letters: tuple[str, ...], count: int) -> Partial:
+    """Arrange an array whose agent axes are ``kept_letters`` (sizes or 1) into destination order,
+    inserting size-1 axes for broadcast letters."""
+    m = _letter_axes(plan)
+    n_agent = len(kept_letters)
+    perm = [0] + [1 + kept_letters.index(x) for x in m.dst if x in kept_letters]
+    perm += list(range(1 + n_agent, reduced.ndim))
+    out = jnp.transpose(reduced, perm)
+    # insert size-1 axes for destination letters that the source does not have (broadcast)
+    shape = [out.shape[0]]
+    k = 1
+    for x in m.dst:
+        if x in kept_letters:
+            shape.append(out.shape[k])
+            k += 1
+        else:
+            shape.append(1)
+    shape += list(out.shape[k:])
+    return Partial(out.reshape(shape), count)  # (b, *dst_agent or 1, *feat)
+
+
+def route_map(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
+    """Route ``message`` (b, *src_agent or 1, *feat) through the arrow's index map."""
+    m = _letter_axes(plan)
+    sizes = plan.conn.sizes
+    value = message
+    count = 1
+    kept = list(m.src)
+    # reduce over letters absent from the destination, last axis first so indices stay valid
+    for letter in reversed(m.reduced):
+        ax = 1 + kept.index(letter)
+        n = sizes[letter]
+        count *= n
+        if value.shape[ax] == 1:
+            value = jnp.squeeze(value, ax)
+            if aggregate != "max":
+                value = value * n  # constant along a reduced axis: n equal messages
+        elif aggregate == "max":
+            value = jnp.max(value, axis=ax)
+        else:
+            value = jnp.sum(value, axis=ax)
+        kept.remove(letter)
+    return finish_map(plan, value, tuple(kept), count)
+
+
+def route_bilinear(plan: ArrowPlan, a: Any, b: Any, aggregate: str) -> Partial:
+    """``message = a * b`` followed by a sum over reduced letters, as one einsum.
+
+    Used for ops marked ``bilinear`` with scalar features under ``sum``/``mean``: the forward
+    ``y_j = sum_i w_ij x_i`` becomes a matrix product instead of a broadcast product + reduction.
+    """
+    m = _letter_axes(plan)
+    sizes = plan.conn.sizes
+    letters = {x: chr(ord("a") + k) for k, x in enumerate(m.src)}
+    batch = "Z"
+
+    def operand(v):
+        sub = batch if v.shape[0] > 1 else ""
+        keep = [0] if sub else []
+        for k, x in enumerate(m.src):
+            if v.shape[1 + k] > 1:
+                sub += letters[x]
+                keep.append(1 + k)
+        squeezed = jnp.squeeze(v, [ax for ax in range(v.ndim) if ax not in keep])  # drops size-1 and feature axes
+        return squeezed, sub
+
+    (va, sa), (vb, sb) = operand(a), operand(b)
+    present = set(sa) | set(sb)
+    out_letters = [x for x in m.src if x in m.dst and letters[x] in present]
+    out_sub = (batch if batch in present else "") + "".join(letters[x] for x in out_letters)
+    value = jnp.einsum(f"{sa},{sb}->{out_sub}", va, vb)
+    count = 1
+    for x in m.reduced:
+        count *= sizes[x]
+        if letters[x] not in present:
+            value = value * sizes[x]  # both operands constant along a reduced axis
+    if batch not in present:
+        value = value[None]
+    # re-insert size-1 axes for source letters kept in the destination but constant here
+    shape = [value.shape[0]]
+    k = 1
+    kept = tuple(x for x in m.src if x in m.dst)
+    for x in kept:
+        if x in out_letters:
+            shape.append(value.shape[k])
+            k += 1
+        else:
+            shape.append(1)
+    value = value.reshape(shape + [1])  # (b, *kept agent axes, 1)
+    return finish_map(plan, value, kept, count)
+
+
+def route_edges(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
+    """Gather messages at edge sources, reduce into destinations with segment ops (static sizes)."""
+    edges = plan.conn.edges
+    assert edges is not None, "route_edges needs an edge list"
+    src_shape, dst_shape = plan.src_shape, plan.dst_shape
+    n_src, n_dst = int(np.prod(src_shape)), int(np.prod(dst_shape))
+    b = message.shape[0]
+    feat = message.shape[1 + len(src_shape) :]
+    full = jnp.broadcast_to(message, (b, *src_shape, *feat)).reshape((b, n_src, *feat))
+    data = jnp.moveaxis(full[:, edges[:, 0]], 1, 0)  # (E, b, *feat)
+    seg = jnp.asarray(edges[:, 1])
+    if aggregate == "max":
+        value = jax.ops.segment_max(data, seg, num_segments=n_dst)
+    else:
+        value = jax.ops.segment_sum(data, seg, num_segments=n_dst)
+    counts = np.bincount(edges[:, 1], minlength=n_dst).astype(np.float32)  # static
+    value = jnp.moveaxis(value, 0, 1).reshape((b, *dst_shape, *feat))
+    count = counts.reshape((1, *dst_shape) + (1,) * len(feat))
+    return Partial(value, count)
+
+
+def combine(partials: list[Partial], aggregate: str) -> Any:
+    """Merge the partial aggregates of all arrows sending into one field; finish the mean."""
+    value = partials[0].value
+    count = partials[0].count
+    for p in partials[1:]:
+        value = jnp.maximum(value, p.value) if aggregate == "max" else value + p.value
+        count = count + p.count
+    if aggregate == "mean":
+        if isinstance(count, np.ndarray):
+            value = value / np.maximum(count, 1.0)  # agents with no incoming edge receive 0
+        else:
+            value = value / count
+    if aggregate == "max" and isinstance(count, np.ndarray):
+        value = jnp.where(count > 0, value, 0.0)  # segment_max leaves -inf where nothing arrived
+    return value

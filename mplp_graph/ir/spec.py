@@ -1,0 +1,178 @@
+"""The graph IR: frozen data, nothing that computes.
+
+Grammar (the YAML document mirrors it one to one; see docs/ir.md)::
+
+    graph     := name, groups{name: group}, arrows[arrow], schedule?, inputs{key: ref}, outputs{key: ref}
+    group     := kind, shape[int*], state{field: field}          # a tensor of agents of one kind
+    field     := shape[int*], dtype, batched, init, constant_along[int*]
+    arrow     := name, from, to, phase, op, inputs[field*], (map | edges), aggregate, into?, updates{field: out}, share?
+    map       := "identity" | "<src letters> -> <dst letters>"    # einsum-style, one letter per agent axis
+    edges     := [[src, dst]*]                                    # flat (row-major) agent indices
+    schedule  := phases{name: [stage*]}?, step[phase*]            # stage := [arrow name*]
+    ref       := "group.field"
+
+Semantics in one paragraph: an arrow runs its op at every agent of its source group on the
+listed source fields, optionally writes op outputs back into source fields (``updates``), and
+sends the op's ``message`` output along its connectivity to the destination group, where the
+messages arriving at one agent are aggregated (``mean`` as in the paper's eq. 5, ``sum``,
+``max``) and stored in the destination field ``into``. Writes from per-example values into a
+field without a batch axis are averaged over the batch (the paper's eq. 4).
+
+Array layout of a field in the state: ``[B?, *agent_shape, *field_shape]``; along axes listed in
+``constant_along`` the stored size is 1 (the value is the same for every agent along that axis,
+e.g. the forward input x_i stored at every synapse w_ij), so replication is never materialized.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+AGGREGATES = ("mean", "sum", "max")
+DTYPES = ("float32", "float64", "int32", "bool")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# state fields
+
+
+class ZerosInit(_Frozen):
+    kind: Literal["zeros"] = "zeros"
+
+
+class ConstantInit(_Frozen):
+    kind: Literal["constant"]
+    value: float
+
+
+class NormalInit(_Frozen):
+    kind: Literal["normal"]
+    std: float = Field(gt=0)
+    mean: float = 0.0
+
+
+class UniformInit(_Frozen):
+    kind: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "UniformInit":
+        if not self.low < self.high:
+            raise ValueError(f"uniform init needs low < high, got low={self.low}, high={self.high}")
+        return self
+
+
+Init = Annotated[Union[ZerosInit, ConstantInit, NormalInit, UniformInit], Field(discriminator="kind")]
+
+
+def _init_shorthand(value: Any) -> Any:
+    """``init: zeros`` is shorthand for ``init: {kind: zeros}``."""
+    if isinstance(value, str):
+        return {"kind": value}
+    return value
+
+
+class FieldSpec(_Frozen):
+    """One named piece of per-agent state."""
+
+    shape: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    dtype: Literal["float32", "float64", "int32", "bool"] = "float32"
+    batched: bool = False
+    init: Init = ZerosInit()
+    constant_along: tuple[Annotated[int, Field(ge=0)], ...] = ()
+
+    _init_str = field_validator("init", mode="before")(_init_shorthand)
+
+
+# ---------------------------------------------------------------------------------------------
+# groups of agents
+
+
+class GroupSpec(_Frozen):
+    """A tensor of agents of one kind (``weight``, ``bias``, ``activation``, ``loss``, ``input``...)."""
+
+    kind: str = Field(min_length=1)
+    shape: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    state: dict[str, FieldSpec] = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# arrows
+
+
+class OpRef(_Frozen):
+    """Which registered op an arrow runs, with static arguments (hyperparameters)."""
+
+    name: str = Field(min_length=1)
+    args: dict[str, Union[bool, int, float, str]] = {}
+
+
+def _op_shorthand(value: Any) -> Any:
+    """``op: mul`` is shorthand for ``op: {name: mul}``."""
+    if isinstance(value, str):
+        return {"name": value}
+    return value
+
+
+class ArrowSpec(_Frozen):
+    """A family of directed edges from one group to another (or to itself), running one op."""
+
+    name: str = Field(min_length=1)
+    src: str = Field(alias="from", min_length=1)
+    dst: str = Field(alias="to", min_length=1)
+    phase: str = "forward"
+    op: OpRef
+    inputs: tuple[str, ...] = ()
+    map: str | None = None
+    edges: tuple[tuple[int, int], ...] | None = None
+    aggregate: Literal["mean", "sum", "max"] = "mean"
+    into: str | None = None
+    updates: dict[str, str] = {}
+    share: str | None = None
+
+    _op_str = field_validator("op", mode="before")(_op_shorthand)
+
+    @model_validator(mode="after")
+    def _one_connectivity(self) -> "ArrowSpec":
+        if self.map is not None and self.edges is not None:
+            raise ValueError("give either 'map' or 'edges', not both")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules
+
+
+class ScheduleSpec(_Frozen):
+    """Phases made of ordered stages; ``step`` is the sequence of phases one step runs.
+
+    A phase missing from ``phases`` gets a derived order (dependency order of its arrows).
+    An empty ``step`` means: ``forward`` then ``backward`` (those present), then other phases.
+    """
+
+    phases: dict[str, tuple[tuple[str, ...], ...]] = {}
+    step: tuple[str, ...] = ()
+
+
+class GraphSpec(_Frozen):
+    """A whole graph of agents."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    groups: dict[str, GroupSpec]
+    arrows: tuple[ArrowSpec, ...] = ()
+    schedule: ScheduleSpec = ScheduleSpec()
+    inputs: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+
+    def arrow(self, name: str) -> ArrowSpec:
+        for a in self.arrows:
+            if a.name == name:
+                return a
+        raise KeyError(name)

@@ -1,0 +1,276 @@
+"""verify(spec): one small function per rule.
+
+Each rule yields ``(yaml_path, message)`` pairs. :func:`verify` runs them all and raises one
+:class:`GraphSpecError` listing every problem (the loader then adds file, line and column).
+Rules that need earlier facts (e.g. shapes need existing groups) skip what an earlier rule
+already reported, so one mistake gives one message.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Iterator
+
+from mplp_graph.compile.resolve import ResolveError, resolve_arrow
+from mplp_graph.compile.schedule import ScheduleError, build_schedule, phase_names
+from mplp_graph.errors import GraphSpecError, Location
+from mplp_graph.ir.spec import GraphSpec
+from mplp_graph.ops.registry import get_op, op_names
+
+Issue = tuple[str, str]
+
+# Sanity limit: refuse graphs whose state would not fit in memory before allocating anything.
+MAX_ELEMENTS_PER_FIELD = 2**31 - 1
+
+
+def suggest(name: str, choices) -> str:
+    """`` Did you mean 'x'?`` or a list of the valid names."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=1)
+    if close:
+        return f" Did you mean {close[0]!r}?"
+    if choices and len(choices) <= 12:
+        return f" Valid names: {', '.join(repr(c) for c in choices)}."
+    return ""
+
+
+def _arrow_ok(g: GraphSpec, k: int) -> bool:
+    """Does arrow k reference existing groups, fields and op (checked by earlier rules)?"""
+    a = g.arrows[k]
+    if a.src not in g.groups or a.dst not in g.groups:
+        return False
+    try:
+        get_op(a.op.name)
+    except KeyError:
+        return False
+    src = g.groups[a.src].state
+    if any(f not in src for f in a.inputs) or any(f not in src for f in a.updates):
+        return False
+    return a.into is None or a.into in g.groups[a.dst].state
+
+
+def rule_not_empty(g: GraphSpec) -> Iterator[Issue]:
+    if not g.groups:
+        yield "groups", "the graph has no groups; declare at least one group of agents"
+
+
+def rule_unique_arrow_names(g: GraphSpec) -> Iterator[Issue]:
+    seen: dict[str, int] = {}
+    for k, a in enumerate(g.arrows):
+        if a.name in seen:
+            yield f"arrows[{k}].name", f"arrow name {a.name!r} is already used by arrows[{seen[a.name]}]; arrow names must be unique"
+        seen.setdefault(a.name, k)
+
+
+def rule_field_sizes(g: GraphSpec) -> Iterator[Issue]:
+    for gname, grp in g.groups.items():
+        n_agents = 1
+        for n in grp.shape:
+            n_agents *= n
+        for fname, f in grp.state.items():
+            for ax in f.constant_along:
+                if ax >= len(grp.shape):
+                    yield (
+                        f"groups.{gname}.state.{fname}.constant_along",
+                        f"axis {ax} does not exist: group {gname!r} has shape {list(grp.shape)} ({len(grp.shape)} axes)",
+                    )
+            size = n_agents
+            for n in f.shape:
+                size *= n
+            if size > MAX_ELEMENTS_PER_FIELD:
+                yield (
+                    f"groups.{gname}.state.{fname}",
+                    f"field holds {size:,} elements per example (more than {MAX_ELEMENTS_PER_FIELD:,}); shrink the group or field shape",
+                )
+
+
+def rule_arrow_groups_exist(g: GraphSpec) -> Iterator[Issue]:
+    for k, a in enumerate(g.arrows):
+        for key, name in (("from", a.src), ("to", a.dst)):
+            if name not in g.groups:
+                yield f"arrows[{k}].{key}", f"arrow {a.name!r} refers to unknown group {name!r}.{suggest(name, g.groups)}"
+
+
+def rule_arrow_fields_exist(g: GraphSpec) -> Iterator[Issue]:
+    for k, a in enumerate(g.arrows):
+        if a.src in g.groups:
+            src = g.groups[a.src].state
+            for j, f in enumerate(a.inputs):
+                if f not in src:
+                    yield f"arrows[{k}].inputs[{j}]", f"group {a.src!r} has no state field {f!r}.{suggest(f, src)}"
+            for f in a.updates:
+                if f not in src:
+                    yield f"arrows[{k}].updates.{f}", f"group {a.src!r} has no state field {f!r} to update.{suggest(f, src)}"
+        if a.dst in g.groups and a.into is not None and a.into not in g.groups[a.dst].state:
+            dst = g.groups[a.dst].state
+            yield f"arrows[{k}].into", f"group {a.dst!r} has no state field {a.into!r} to receive messages.{suggest(a.into, dst)}"
+
+
+def rule_ops_exist(g: GraphSpec) -> Iterator[Issue]:
+    for k, a in enumerate(g.arrows):
+        try:
+            op = get_op(a.op.name)
+        except KeyError:
+            yield f"arrows[{k}].op", f"unknown op {a.op.name!r}.{suggest(a.op.name, op_names())}"
+            continue
+        for arg in a.op.args:
+            if arg not in op.arg_names:
+                valid = ", ".join(op.arg_names) or "none"
+                yield f"arrows[{k}].op.args.{arg}", f"op {op.name!r} takes no argument {arg!r} (its arguments: {valid})"
+        for arg in op.required_args:
+            if arg not in a.op.args:
+                yield f"arrows[{k}].op.args", f"op {op.name!r} needs argument {arg!r}; add it under op.args"
+
+
+def rule_arrow_shapes(g: GraphSpec) -> Iterator[Issue]:
+    for k, a in enumerate(g.arrows):
+        if not _arrow_ok(g, k):
+            continue
+        try:
+            resolve_arrow(g, k, a)
+        except ResolveError as e:
+            yield f"arrows[{k}].{e.where}", f"arrow {a.name!r}: {e}"
+
+
+def rule_shared_arrows_agree(g: GraphSpec) -> Iterator[Issue]:
+    first: dict[str, int] = {}
+    for k, a in enumerate(g.arrows):
+        if a.share is None or not _arrow_ok(g, k):
+            continue
+        if a.share not in first:
+            first[a.share] = k
+            continue
+        b = g.arrows[first[a.share]]
+        if (a.op.name, a.op.args) != (b.op.name, b.op.args):
+            yield f"arrows[{k}].share", f"arrow {a.name!r} shares {a.share!r} with {b.name!r} but runs op {a.op.name} {dict(a.op.args)} instead of {b.op.name} {dict(b.op.args)}"
+            continue
+        fa = [g.groups[a.src].state[f].shape for f in a.inputs]
+        fb = [g.groups[b.src].state[f].shape for f in b.inputs]
+        if fa != fb:
+            yield f"arrows[{k}].share", f"arrow {a.name!r} shares {a.share!r} with {b.name!r} but its inputs have shapes {fa}, not {fb}; shared parameters need equal input widths"
+
+
+def rule_inbox_aggregates_agree(g: GraphSpec) -> Iterator[Issue]:
+    seen: dict[tuple[str, str, str], int] = {}
+    for k, a in enumerate(g.arrows):
+        if a.into is None:
+            continue
+        key = (a.phase, a.dst, a.into)
+        if key in seen and g.arrows[seen[key]].aggregate != a.aggregate:
+            b = g.arrows[seen[key]]
+            yield f"arrows[{k}].aggregate", f"arrows {b.name!r} and {a.name!r} both send into {a.dst}.{a.into} in phase {a.phase!r} but aggregate with {b.aggregate!r} and {a.aggregate!r}; use one aggregation"
+        seen.setdefault(key, k)
+
+
+def rule_io_refs(g: GraphSpec) -> Iterator[Issue]:
+    for section in ("inputs", "outputs"):
+        for key, ref in getattr(g, section).items():
+            group, _, fname = ref.partition(".")
+            if not fname:
+                yield f"{section}.{key}", f"expected 'group.field', got {ref!r}"
+            elif group not in g.groups:
+                yield f"{section}.{key}", f"unknown group {group!r}.{suggest(group, g.groups)}"
+            elif fname not in g.groups[group].state:
+                yield f"{section}.{key}", f"group {group!r} has no state field {fname!r}.{suggest(fname, g.groups[group].state)}"
+
+
+def rule_schedule_names(g: GraphSpec) -> Iterator[Issue]:
+    phases = phase_names(g)
+    for j, p in enumerate(g.schedule.step):
+        if p not in phases:
+            yield f"schedule.step[{j}]", f"unknown phase {p!r}.{suggest(p, phases)}"
+    names = {a.name: a for a in g.arrows}
+    for p, stages in g.schedule.phases.items():
+        listed: dict[str, str] = {}
+        for s, stage in enumerate(stages):
+            for j, name in enumerate(stage):
+                path = f"schedule.phases.{p}[{s}][{j}]"
+                if name not in names:
+                    yield path, f"unknown arrow {name!r}.{suggest(name, names)}"
+                elif names[name].phase != p:
+                    yield path, f"arrow {name!r} belongs to phase {names[name].phase!r}, not {p!r}"
+                elif name in listed:
+                    yield path, f"arrow {name!r} is listed twice in phase {p!r} (first at {listed[name]})"
+                listed.setdefault(name, path)
+        missing = [a.name for a in g.arrows if a.phase == p and a.name not in listed]
+        if missing:
+            yield f"schedule.phases.{p}", f"arrows {missing} of phase {p!r} are missing from its stages; add them to a stage"
+
+
+def rule_phases_run(g: GraphSpec) -> Iterator[Issue]:
+    if not g.schedule.step:
+        return
+    for k, a in enumerate(g.arrows):
+        if a.phase not in g.schedule.step:
+            yield f"arrows[{k}].phase", f"arrow {a.name!r} is in phase {a.phase!r}, which schedule.step {list(g.schedule.step)} never runs; add the phase to the step or fix the arrow's phase"
+
+
+def rule_schedule_derivable(g: GraphSpec) -> Iterator[Issue]:
+    if not all(_arrow_ok(g, k) for k in range(len(g.arrows))):
+        return
+    try:
+        build_schedule(g)
+    except ScheduleError as e:
+        yield e.where, str(e)
+
+
+def rule_no_conflicting_writes(g: GraphSpec) -> Iterator[Issue]:
+    """Within one stage, a field may be written by one arrow's updates, or be one inbox."""
+    if not all(_arrow_ok(g, k) for k in range(len(g.arrows))):
+        return
+    try:
+        sched = build_schedule(g)
+    except ScheduleError:
+        return
+    index = {a.name: k for k, a in enumerate(g.arrows)}
+    for p, stages in sched.phases.items():
+        for stage in stages:
+            writers: dict[tuple[str, str], tuple[str, str]] = {}
+            for name in stage:
+                a = g.arrows[index[name]]
+                writes = [((a.src, f), "update") for f in a.updates]
+                if a.into is not None:
+                    writes.append(((a.dst, a.into), "inbox"))
+                for target, how in writes:
+                    prev = writers.get(target)
+                    if prev is not None and not (prev[1] == how == "inbox"):
+                        yield (
+                            f"arrows[{index[name]}]",
+                            f"arrows {prev[0]!r} and {name!r} both write {target[0]}.{target[1]} in the same stage of phase {p!r}; "
+                            "only messages sent 'into' one field may share a stage",
+                        )
+                    writers.setdefault(target, (name, how))
+
+
+RULES: tuple[Callable[[GraphSpec], Iterator[Issue]], ...] = (
+    rule_not_empty,
+    rule_unique_arrow_names,
+    rule_field_sizes,
+    rule_arrow_groups_exist,
+    rule_arrow_fields_exist,
+    rule_ops_exist,
+    rule_arrow_shapes,
+    rule_shared_arrows_agree,
+    rule_inbox_aggregates_agree,
+    rule_io_refs,
+    rule_schedule_names,
+    rule_phases_run,
+    rule_schedule_derivable,
+    rule_no_conflicting_writes,
+)
+
+
+def collect_issues(g: GraphSpec) -> list[Issue]:
+    issues: list[Issue] = []
+    for rule in RULES:
+        issues.extend(rule(g))
+    return issues
+
+
+def verify(g: GraphSpec, locate: Callable[[str], Location] | None = None) -> GraphSpec:
+    """Check every rule; raise one :class:`GraphSpecError` with all problems. Returns ``g``."""
+    issues = collect_issues(g)
+    if issues:
+        locate = locate or (lambda path: Location(path=path))
+        raise GraphSpecError([(locate(path), msg) for path, msg in issues])
+    return g

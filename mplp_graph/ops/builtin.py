@@ -1,0 +1,161 @@
+"""Built-in ops: the paper's node kinds (forward and chain-rule backward) and a small dense op.
+
+Every op is written for one agent (see :mod:`mplp_graph.ops.registry`). The chain-rule ops
+(``*_grad``) are the pieces of the backprop protocol: with ``sum`` aggregation they make the
+engine compute exact gradients, which is how the backprop oracle test checks the wiring.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mplp_graph.ops.registry import Op, OpShapeError, register_op
+
+# CE clipping, as in the reference's CrossEntropyLoss (reference-notes 1.2).
+CE_CLIP = 1e-7
+
+
+def _broadcast_infer(shapes, args):
+    try:
+        return {"message": tuple(np.broadcast_shapes(*shapes))}
+    except ValueError:
+        raise OpShapeError(
+            f"inputs of feature shapes {', '.join(str(list(s)) for s in shapes)} do not broadcast"
+        ) from None
+
+
+def _elementwise(name, fn, arity, doc, *, bilinear=False, differentiable=True, args=()):
+    def apply(params, inputs, a):
+        return {"message": fn(*inputs, **{k: a[k] for k in args if k in a})}
+
+    return register_op(
+        Op(
+            name=name,
+            arity=arity,
+            infer=_broadcast_infer,
+            apply=apply,
+            bilinear=bilinear,
+            differentiable=differentiable,
+            arg_names=args,
+            required_args=args,
+            doc=doc,
+        )
+    )
+
+
+def _step(x):
+    # max(0, sign(x)): the reference's step activation (reference-notes 5.6).
+    return jnp.maximum(0.0, jnp.sign(x))
+
+
+def _ce(p, t):
+    return -t * jnp.log(jnp.clip(p, CE_CLIP, 1.0 - CE_CLIP))
+
+
+def _ce_grad(p, t):
+    pc = jnp.clip(p, CE_CLIP, 1.0 - CE_CLIP)
+    inside = (p > CE_CLIP) & (p < 1.0 - CE_CLIP)
+    return jnp.where(inside, -t / pc, 0.0)
+
+
+_elementwise("identity", lambda x: x, 1, "message = x")
+_elementwise("neg", lambda x: -x, 1, "message = -x")
+_elementwise("add", lambda a, b: a + b, 2, "message = a + b")
+_elementwise("sub", lambda a, b: a - b, 2, "message = a - b")
+_elementwise("mul", lambda a, b: a * b, 2, "message = a * b (lowered to einsum under sum/mean)", bilinear=True)
+_elementwise("div", lambda a, b: a / b, 2, "message = a / b")
+_elementwise("exp", jnp.exp, 1, "message = exp(x)")
+_elementwise("exp_shift", lambda z, zmax: jnp.exp(z - zmax), 2, "message = exp(z - zmax) (stable softmax)")
+_elementwise("scale", lambda x, c: x * c, 1, "message = c * x", args=("c",))
+_elementwise("sigmoid", jax.nn.sigmoid, 1, "message = sigmoid(x)")
+_elementwise("relu", jax.nn.relu, 1, "message = max(x, 0)")
+_elementwise("tanh", jnp.tanh, 1, "message = tanh(x)")
+_elementwise("step", _step, 1, "message = max(0, sign(x)); no gradient", differentiable=False)
+_elementwise("sign", jnp.sign, 1, "message = sign(x); no gradient", differentiable=False)
+_elementwise("l2", lambda p, t: 0.5 * (t - p) ** 2, 2, "message = (t - p)^2 / 2 (elementwise L2 loss)")
+_elementwise("ce", _ce, 2, "message = -t log clip(p) (elementwise cross-entropy)")
+# Chain-rule pieces: d(loss)/d(input) given the stored forward input and the incoming gradient.
+_elementwise("l2_grad", lambda p, t: p - t, 2, "message = d l2 / d p = p - t")
+_elementwise("ce_grad", _ce_grad, 2, "message = d ce / d p = -t / clip(p)")
+_elementwise(
+    "sigmoid_grad",
+    lambda x, g: g * jax.nn.sigmoid(x) * (1.0 - jax.nn.sigmoid(x)),
+    2,
+    "message = g * sigmoid'(x)",
+)
+_elementwise("relu_grad", lambda x, g: g * (x > 0), 2, "message = g * relu'(x)")
+_elementwise("identity_grad", lambda x, g: g, 2, "message = g (identity activation)")
+_elementwise(
+    "softmax_grad",
+    lambda p, g, pg: p * (g - pg),
+    3,
+    "message = p * (g - sum_k p_k g_k): the softmax Jacobian applied to g (pg = sum_k p_k g_k)",
+)
+_elementwise("tanh_grad", lambda x, g: g * (1.0 - jnp.tanh(x) ** 2), 2, "message = g * tanh'(x)")
+_elementwise(
+    "sgd",
+    lambda p, g, lr: p - lr * g,
+    2,
+    "message = p - lr * g (write it back to p through 'updates' or 'into')",
+    args=("lr",),
+)
+_elementwise(
+    "sgd_mul",
+    lambda p, a, b, lr: p - lr * a * b,
+    3,
+    "message = p - lr * a * b (a weight's SGD step: a = stored input, b = incoming gradient)",
+    args=("lr",),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# dense: a parametrised message function, message = concat(inputs) @ kernel + bias
+
+
+def _dense_infer(shapes, args):
+    features = args.get("features")
+    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
+        raise OpShapeError(f"op 'dense' needs a positive integer 'features' argument, got {features!r}")
+    for s in shapes:
+        if len(s) != 1:
+            raise OpShapeError(f"op 'dense' takes vector inputs, got feature shape {list(s)}")
+    return {"message": (features,)}
+
+
+def _dense_init(key, shapes, args):
+    d_in = sum(s[0] for s in shapes)
+    d_out = args["features"]
+    limit = math.sqrt(6.0 / (d_in + d_out))  # glorot uniform
+    kernel = jax.random.uniform(key, (d_in, d_out), jnp.float32, -limit, limit)
+    return {"kernel": kernel, "bias": jnp.zeros((d_out,), jnp.float32)}
+
+
+def _dense_apply(params, inputs, args):
+    # Split the kernel by input instead of concatenating the inputs: each input keeps its own
+    # (possibly broadcast) agent shape, so replicated inputs are never materialized.
+    out = params["bias"]
+    start = 0
+    for x in inputs:  # loop over the op's inputs, not over agents
+        width = x.shape[-1]
+        out = out + x @ params["kernel"][start : start + width]  # (..., features)
+        start += width
+    act = args.get("activation", "linear")
+    return {"message": jnp.tanh(out) if act == "tanh" else out}
+
+
+register_op(
+    Op(
+        name="dense",
+        arity=None,
+        infer=_dense_infer,
+        apply=_dense_apply,
+        init=_dense_init,
+        arg_names=("features", "activation"),
+        required_args=("features",),
+        doc="message = concat(inputs) @ kernel + bias (a learnable message function)",
+    )
+)

@@ -1,0 +1,95 @@
+"""Running a compiled program: pure functions ``(params, state, ...) -> state``.
+
+A stage runs all its kernels on the state as it was when the stage began, then applies their
+writes together: source-field ``updates`` first, then the combined messages of each inbox.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mplp_graph.compile.lower import Kernel, State, run_kernel, write
+from mplp_graph.compile.route import combine
+from mplp_graph.errors import CompileError
+from mplp_graph.runtime.state import stored_shape
+
+if TYPE_CHECKING:
+    from mplp_graph.compile.pipeline import Program
+
+
+def batch_size_of(prog: "Program", state: State) -> int:
+    for gname, group in prog.spec.groups.items():
+        for fname, f in group.state.items():
+            if f.batched:
+                return int(state[gname][fname].shape[0])
+    return 1
+
+
+def run_stage(prog: "Program", kernels: tuple[Kernel, ...], params: Any, state: State) -> State:
+    fields = {g: grp.state for g, grp in prog.spec.groups.items()}
+    b = batch_size_of(prog, state)
+    updates = []
+    inboxes: dict[tuple[str, str], list] = {}
+    for kernel in kernels:
+        p = params.get(kernel.share) if kernel.share is not None else None
+        ups, parts = run_kernel(kernel, p, state, fields)
+        updates += ups
+        for plan, partial in parts:
+            inboxes.setdefault((plan.spec.dst, plan.spec.into), []).append((plan, partial))
+    new = {g: dict(fs) for g, fs in state.items()}
+    for g, fname, value in updates:
+        f = fields[g][fname]
+        new[g][fname] = write(f, value, stored_shape(prog.spec.groups[g], f, b))
+    for (g, fname), items in inboxes.items():
+        f = fields[g][fname]
+        value = combine([p for _, p in items], items[0][0].spec.aggregate)
+        new[g][fname] = write(f, value, stored_shape(prog.spec.groups[g], f, b))
+    return new
+
+
+def run_phase(prog: "Program", phase: str, params: Any, state: State) -> State:
+    if phase not in prog.phases:
+        raise CompileError(f"graph {prog.spec.name!r} has no phase {phase!r}; its phases are {sorted(prog.phases)}")
+    for kernels in prog.phases[phase]:
+        state = run_stage(prog, kernels, params, state)
+    return state
+
+
+def feed(prog: "Program", state: State, batch: dict[str, Any]) -> State:
+    """Write the batch arrays into the fields named by the graph's ``inputs``."""
+    expected = set(prog.spec.inputs)
+    if set(batch) != expected:
+        raise CompileError(
+            f"graph {prog.spec.name!r} expects batch keys {sorted(expected)}, got {sorted(batch)}; "
+            "the keys come from the graph's 'inputs' section"
+        )
+    b = batch_size_of(prog, state)
+    new = {g: dict(fs) for g, fs in state.items()}
+    for key, ref in prog.spec.inputs.items():
+        g, fname = ref.split(".", 1)
+        f = prog.spec.groups[g].state[fname]
+        want = stored_shape(prog.spec.groups[g], f, b)
+        value = batch[key]
+        if tuple(value.shape) != want:
+            raise CompileError(
+                f"batch[{key!r}] has shape {list(value.shape)} but field {ref} needs {list(want)} "
+                f"([batch, *agent_shape, *field_shape] with batch {b} from the state)"
+            )
+        new[g][fname] = value.astype(f.dtype)
+    return new
+
+
+def outputs(prog: "Program", state: State) -> dict[str, Any]:
+    out = {}
+    for key, ref in prog.spec.outputs.items():
+        g, fname = ref.split(".", 1)
+        out[key] = state[g][fname]
+    return out
+
+
+def step(prog: "Program", params: Any, state: State, batch: dict[str, Any]) -> tuple[State, dict[str, Any]]:
+    """Feed the batch, run every phase of ``schedule.step`` in order, return the outputs."""
+    state = feed(prog, state, batch)
+    for phase in prog.step_phases:
+        state = run_phase(prog, phase, params, state)
+    return state, outputs(prog, state)
