@@ -1,12 +1,16 @@
 """mplp_graph: a graph-of-agents engine for learned learning rules (MPLP)."""
 
 from mplp_graph.ops import builtin as _builtin  # noqa: F401  (registers the built-in ops)
+from mplp_graph.learners import ops as _learner_ops  # noqa: F401  (registers the MPLP learners)
 from mplp_graph.compile.pipeline import Program, compile_graph
+from mplp_graph.config.load import dump_graph, load_graph, loads_graph
 from mplp_graph.errors import CompileError, GraphSpecError, Location, MplpGraphError, NotDifferentiableError
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec, OpRef, ScheduleSpec
 from mplp_graph.ir.verify import verify
 from mplp_graph.ops.registry import Op, get_op, op_names, register_op
 from mplp_graph.templates.feedforward import feedforward
+from mplp_graph.ir.pretty import format_graph
+from mplp_graph.viz.topology import draw as draw_graph, to_dot, to_networkx
 
 __all__ = [
     "ArrowSpec",
@@ -23,9 +27,16 @@ __all__ = [
     "Program",
     "ScheduleSpec",
     "compile_graph",
+    "dump_graph",
     "feedforward",
     "get_op",
+    "load_graph",
+    "loads_graph",
     "op_names",
     "register_op",
     "verify",
+    "draw_graph",
+    "format_graph",
+    "to_dot",
+    "to_networkx",
 ]

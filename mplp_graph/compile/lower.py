@@ -74,6 +74,9 @@ def _apply_fused(kernel: Kernel, params: Any, inputs_per_arrow: list[list[Any]])
     for k, a in enumerate(arrows):
         n = int(np.prod(a.src_shape))
         for name, v in out.items():
+            if name.startswith("side_"):
+                results[k][name] = v  # side outputs of a fused call describe the whole call
+                continue
             piece = v[:, start : start + n]
             results[k][name] = piece.reshape((v.shape[0], *a.src_shape, *v.shape[2:]))
         start += n
@@ -92,18 +95,23 @@ def _can_fuse_bilinear(a: ArrowPlan) -> bool:
 
 def run_kernel(
     kernel: Kernel, params: Any, state: State, fields: dict[str, dict[str, FieldSpec]]
-) -> tuple[list[tuple[str, str, Any]], list[tuple[ArrowPlan, Partial]]]:
-    """Returns ``(updates, partials)``: source-field writes and routed messages, not yet applied."""
+) -> tuple[list[tuple[str, str, Any]], list[tuple[ArrowPlan, Partial]], dict[str, dict[str, Any]]]:
+    """Returns ``(updates, partials, side)``: source-field writes and routed messages, not yet
+    applied, and the side outputs (``side_*``) of each arrow."""
     inputs = [[read(fields[a.spec.src][n], state[a.spec.src][n]) for n in a.spec.inputs] for a in kernel.arrows]
     updates: list[tuple[str, str, Any]] = []
     partials: list[tuple[ArrowPlan, Partial]] = []
+    side: dict[str, dict[str, Any]] = {}
     if len(kernel.arrows) == 1 and _can_fuse_bilinear(kernel.arrows[0]):
         a = kernel.arrows[0]
         x, y = inputs[0]
         partials.append((a, route_bilinear(a, x, y, a.spec.aggregate)))
-        return updates, partials
+        return updates, partials, side
     outs = _apply_fused(kernel, params, inputs)
     for a, out in zip(kernel.arrows, outs):
+        extra = {k: v for k, v in out.items() if k.startswith("side_")}
+        if extra:
+            side[a.name] = extra
         for fname, oname in a.spec.updates.items():
             updates.append((a.spec.src, fname, out[oname]))
         if a.spec.into is None:
@@ -113,4 +121,4 @@ def run_kernel(
             partials.append((a, route_edges(a, msg, a.spec.aggregate)))
         else:
             partials.append((a, route_map(a, msg, a.spec.aggregate)))
-    return updates, partials
+    return updates, partials, side

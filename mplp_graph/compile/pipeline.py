@@ -39,14 +39,27 @@ class Program:
         """Parameters of the parametrised ops, one entry per share key."""
         params: dict[str, Any] = {}
         for k, plan in enumerate(self.plans):
-            if plan.op.init is None or plan.share in params:
+            if plan.op.init is None:
                 continue
-            params[plan.share] = plan.op.init(jax.random.fold_in(key, k), plan.in_features, plan.args)
+            if isinstance(plan.share, tuple):  # multi-part op: params[key][part]
+                missing = [(part, sk) for part, sk in plan.share if part not in params.get(sk, {})]
+                if missing:
+                    tree = plan.op.init(jax.random.fold_in(key, k), plan.in_features, plan.args)
+                    for part, sk in missing:
+                        params.setdefault(sk, {})[part] = tree[part]
+            elif plan.share not in params:
+                params[plan.share] = plan.op.init(jax.random.fold_in(key, k), plan.in_features, plan.args)
         return params
 
     def step(self, params: Any, state: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """Feed ``batch``, run the phases of ``schedule.step``; returns ``(state, outputs)``."""
         return execute.step(self, params, state, batch)
+
+    def step_with_side(self, params: Any, state: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any], dict]:
+        """Like :meth:`step`, also returning the ops' side outputs ``{arrow: {name: value}}``."""
+        side: dict = {}
+        state, out = execute.step(self, params, state, batch, side)
+        return state, out, side
 
     def run_phase(self, phase: str, params: Any, state: Any) -> Any:
         return execute.run_phase(self, phase, params, state)

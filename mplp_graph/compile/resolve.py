@@ -59,11 +59,25 @@ class ArrowPlan:
     batched: bool  # is the op's output per example
     constant: frozenset[int]  # source agent axes along which the op's output is constant
     conn: Connectivity
-    share: str | None
+    share: str | tuple[tuple[str, str], ...] | None  # key, or (part, key) pairs for multi-part ops
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+
+def resolve_share(a: ArrowSpec, op: Op) -> str | tuple[tuple[str, str], ...] | None:
+    """Share key of an arrow: its own name by default for ops with parameters."""
+    if op.param_parts is None:
+        if isinstance(a.share, dict):
+            raise ResolveError("share", f"op {op.name!r} has one undivided parameter set; give 'share' as one key, not a mapping")
+        return a.share if a.share is not None else (a.name if op.init is not None else None)
+    keys = a.share if isinstance(a.share, dict) else {}
+    unknown = sorted(set(keys) - set(op.param_parts))
+    if unknown:
+        raise ResolveError("share", f"op {op.name!r} has parameter parts {list(op.param_parts)}, not {unknown}")
+    default = a.share if isinstance(a.share, str) else a.name
+    return tuple((part, keys.get(part, default)) for part in op.param_parts)
 
 
 def _connectivity(graph: GraphSpec, a: ArrowSpec) -> Connectivity:
@@ -143,7 +157,7 @@ def resolve_arrow(graph: GraphSpec, index: int, a: ArrowSpec) -> ArrowPlan:
                 f"updates.{field_name}",
                 f"field {a.src}.{field_name} is constant along axes {sorted(extra)} but the op's output varies there",
             )
-    share = a.share if a.share is not None else (a.name if op.init is not None else None)
+    share = resolve_share(a, op)
     return ArrowPlan(
         index=index,
         spec=a,

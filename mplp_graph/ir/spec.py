@@ -6,6 +6,7 @@ Grammar (the YAML document mirrors it one to one; see docs/ir.md)::
     group     := kind, shape[int*], state{field: field}          # a tensor of agents of one kind
     field     := shape[int*], dtype, batched, init, constant_along[int*]
     arrow     := name, from, to, phase, op, inputs[field*], (map | edges), aggregate, into?, updates{field: out}, share?
+    share     := key | {part: key}     # ops with several parameter parts (a learner's net, its standardizer)
     map       := "identity" | "<src letters> -> <dst letters>"    # einsum-style, one letter per agent axis
     edges     := [[src, dst]*]                                    # flat (row-major) agent indices
     schedule  := phases{name: [stage*]}?, step[phase*]            # stage := [arrow name*]
@@ -134,7 +135,7 @@ class ArrowSpec(_Frozen):
     aggregate: Literal["mean", "sum", "max"] = "mean"
     into: str | None = None
     updates: dict[str, str] = {}
-    share: str | None = None
+    share: str | dict[str, str] | None = None
 
     _op_str = field_validator("op", mode="before")(_op_shorthand)
 

@@ -132,22 +132,30 @@ def rule_arrow_shapes(g: GraphSpec) -> Iterator[Issue]:
             yield f"arrows[{k}].{e.where}", f"arrow {a.name!r}: {e}"
 
 
+def _share_keys(share) -> list[str]:
+    if share is None:
+        return []
+    return [share] if isinstance(share, str) else list(share.values())
+
+
 def rule_shared_arrows_agree(g: GraphSpec) -> Iterator[Issue]:
     first: dict[str, int] = {}
     for k, a in enumerate(g.arrows):
-        if a.share is None or not _arrow_ok(g, k):
+        if not _arrow_ok(g, k):
             continue
-        if a.share not in first:
-            first[a.share] = k
-            continue
-        b = g.arrows[first[a.share]]
-        if (a.op.name, a.op.args) != (b.op.name, b.op.args):
-            yield f"arrows[{k}].share", f"arrow {a.name!r} shares {a.share!r} with {b.name!r} but runs op {a.op.name} {dict(a.op.args)} instead of {b.op.name} {dict(b.op.args)}"
-            continue
-        fa = [g.groups[a.src].state[f].shape for f in a.inputs]
-        fb = [g.groups[b.src].state[f].shape for f in b.inputs]
-        if fa != fb:
-            yield f"arrows[{k}].share", f"arrow {a.name!r} shares {a.share!r} with {b.name!r} but its inputs have shapes {fa}, not {fb}; shared parameters need equal input widths"
+        for key in _share_keys(a.share):
+            if key not in first:
+                first[key] = k
+                continue
+            b = g.arrows[first[key]]
+            if (a.op.name, a.op.args) != (b.op.name, b.op.args):
+                yield f"arrows[{k}].share", f"arrow {a.name!r} shares {key!r} with {b.name!r} but runs op {a.op.name} {dict(a.op.args)} instead of {b.op.name} {dict(b.op.args)}"
+                break
+            fa = [g.groups[a.src].state[f].shape for f in a.inputs]
+            fb = [g.groups[b.src].state[f].shape for f in b.inputs]
+            if fa != fb:
+                yield f"arrows[{k}].share", f"arrow {a.name!r} shares {key!r} with {b.name!r} but its inputs have shapes {fa}, not {fb}; shared parameters need equal input widths"
+                break
 
 
 def rule_inbox_aggregates_agree(g: GraphSpec) -> Iterator[Issue]:

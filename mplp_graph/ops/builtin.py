@@ -77,6 +77,8 @@ _elementwise("tanh", jnp.tanh, 1, "message = tanh(x)")
 _elementwise("step", _step, 1, "message = max(0, sign(x)); no gradient", differentiable=False)
 _elementwise("sign", jnp.sign, 1, "message = sign(x); no gradient", differentiable=False)
 _elementwise("l2", lambda p, t: 0.5 * (t - p) ** 2, 2, "message = (t - p)^2 / 2 (elementwise L2 loss)")
+_elementwise("clip_prob", lambda p: jnp.clip(p, CE_CLIP, 1.0 - CE_CLIP), 1, "message = clip(p, 1e-7, 1 - 1e-7)")
+_elementwise("log", jnp.log, 1, "message = log(x)")
 _elementwise("ce", _ce, 2, "message = -t log clip(p) (elementwise cross-entropy)")
 # Chain-rule pieces: d(loss)/d(input) given the stored forward input and the incoming gradient.
 _elementwise("l2_grad", lambda p, t: p - t, 2, "message = d l2 / d p = p - t")

@@ -42,6 +42,13 @@ class Op:
         refuses graphs that need a gradient through them.
       arg_names: the static arguments the op accepts (checked by the verifier).
       doc: one line for ``inspect`` and the docs.
+      param_parts: for ops whose parameters come in parts that arrows may share separately
+        (e.g. a learner's network shared across layers, its standardizer per layer): the part
+        names; ``init`` then returns ``{part: params}`` and ``apply`` receives the same structure.
+        ``None``: one undivided parameter tree.
+
+    Outputs whose names start with ``side_`` are side outputs: never routed, collected by
+    :meth:`Program.step_with_side` (used e.g. for statistics of an initialisation rollout).
     """
 
     name: str
@@ -55,6 +62,7 @@ class Op:
     required_args: tuple[str, ...] = ()
     doc: str = ""
     outputs: tuple[str, ...] = field(default=("message",))
+    param_parts: tuple[str, ...] | None = None
 
 
 _REGISTRY: dict[str, Op] = {}

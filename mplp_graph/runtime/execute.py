@@ -25,15 +25,26 @@ def batch_size_of(prog: "Program", state: State) -> int:
     return 1
 
 
-def run_stage(prog: "Program", kernels: tuple[Kernel, ...], params: Any, state: State) -> State:
+def kernel_params(kernel: Kernel, params: Any) -> Any:
+    """The parameters one kernel call sees: ``params[key]``, or ``{part: params[key][part]}``."""
+    if kernel.share is None:
+        return None
+    if isinstance(kernel.share, tuple):
+        return {part: params[key][part] for part, key in kernel.share}
+    return params[kernel.share]
+
+
+def run_stage(prog: "Program", kernels: tuple[Kernel, ...], params: Any, state: State, side: dict | None = None) -> State:
     fields = {g: grp.state for g, grp in prog.spec.groups.items()}
     b = batch_size_of(prog, state)
     updates = []
     inboxes: dict[tuple[str, str], list] = {}
     for kernel in kernels:
-        p = params.get(kernel.share) if kernel.share is not None else None
-        ups, parts = run_kernel(kernel, p, state, fields)
+        p = kernel_params(kernel, params)
+        ups, parts, extra = run_kernel(kernel, p, state, fields)
         updates += ups
+        if side is not None:
+            side.update(extra)
         for plan, partial in parts:
             inboxes.setdefault((plan.spec.dst, plan.spec.into), []).append((plan, partial))
     new = {g: dict(fs) for g, fs in state.items()}
@@ -47,11 +58,11 @@ def run_stage(prog: "Program", kernels: tuple[Kernel, ...], params: Any, state: 
     return new
 
 
-def run_phase(prog: "Program", phase: str, params: Any, state: State) -> State:
+def run_phase(prog: "Program", phase: str, params: Any, state: State, side: dict | None = None) -> State:
     if phase not in prog.phases:
         raise CompileError(f"graph {prog.spec.name!r} has no phase {phase!r}; its phases are {sorted(prog.phases)}")
     for kernels in prog.phases[phase]:
-        state = run_stage(prog, kernels, params, state)
+        state = run_stage(prog, kernels, params, state, side)
     return state
 
 
@@ -87,9 +98,12 @@ def outputs(prog: "Program", state: State) -> dict[str, Any]:
     return out
 
 
-def step(prog: "Program", params: Any, state: State, batch: dict[str, Any]) -> tuple[State, dict[str, Any]]:
-    """Feed the batch, run every phase of ``schedule.step`` in order, return the outputs."""
+def step(
+    prog: "Program", params: Any, state: State, batch: dict[str, Any], side: dict | None = None
+) -> tuple[State, dict[str, Any]]:
+    """Feed the batch, run every phase of ``schedule.step`` in order, return the outputs.
+    Side outputs of the ops are collected into ``side`` (``{arrow: {name: value}}``) if given."""
     state = feed(prog, state, batch)
     for phase in prog.step_phases:
-        state = run_phase(prog, phase, params, state)
+        state = run_phase(prog, phase, params, state, side)
     return state, outputs(prog, state)

@@ -41,3 +41,21 @@ def init_state(spec: GraphSpec, key: Any, batch_size: int = 1) -> dict[str, dict
             state[gname][fname] = init_field(jax.random.fold_in(key, k), f, stored_shape(group, f, batch_size))
             k += 1
     return state
+
+
+def zeros_state(spec: GraphSpec, batch_size: int) -> dict[str, dict[str, Any]]:
+    """A state of zeros (no randomness): the skeleton into which priors are placed."""
+    return {
+        gname: {fname: jnp.zeros(stored_shape(group, f, batch_size), f.dtype) for fname, f in group.state.items()}
+        for gname, group in spec.groups.items()
+    }
+
+
+def agent_params(spec: GraphSpec, state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The fields without a batch axis (weights, biases...): what a prior or a trained net is."""
+    return {g: {f: state[g][f] for f, fs in grp.state.items() if not fs.batched} for g, grp in spec.groups.items()}
+
+
+def with_agent_params(state: dict[str, dict[str, Any]], prior: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``state`` with its per-agent (unbatched) fields replaced by ``prior``'s."""
+    return {g: {**fs, **prior.get(g, {})} for g, fs in state.items()}

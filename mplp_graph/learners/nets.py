@@ -1,0 +1,102 @@
+"""Small networks written for one agent's input, batched by broadcasting over leading axes.
+
+Inputs come as a list of *channels* (each ``[..., width]``, leading axes broadcastable) instead of
+one concatenated vector: the first layer multiplies each channel by its rows of the kernel and
+adds the results, so a channel that is the same for many agents (the forward input x_i at every
+synapse w_ij, or a parameter shared by every example) is never replicated (reference-notes 8).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def glorot_uniform(key: Any, shape: tuple[int, int]) -> Any:
+    limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+    return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
+
+
+def split_matmul(channels: Sequence[Any], kernel: Any) -> Any:
+    """``concat(channels, -1) @ kernel`` without building the concatenation. (..., out)"""
+    out = None
+    start = 0
+    for x in channels:  # loop over input kinds (at most ~5), never over agents
+        width = x.shape[-1]
+        term = x @ kernel[start : start + width]
+        out = term if out is None else out + term
+        start += width
+    assert start == kernel.shape[0], f"channels give width {start}, kernel expects {kernel.shape[0]}"
+    return out
+
+
+def mlp_init(key: Any, sizes: Sequence[int], *, last_bias: bool = True) -> dict[str, Any]:
+    """Dense layers ``sizes[0] -> ... -> sizes[-1]``: glorot-uniform kernels, zero biases."""
+    keys = jax.random.split(key, len(sizes) - 1)
+    params: dict[str, Any] = {}
+    for n, (k, d_in, d_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+        params[f"k{n + 1}"] = glorot_uniform(k, (d_in, d_out))
+        if n < len(sizes) - 2 or last_bias:
+            params[f"b{n + 1}"] = jnp.zeros((d_out,), jnp.float32)
+    return params
+
+
+def mlp_apply(params: dict[str, Any], channels: Sequence[Any], hidden_act, out_act=None) -> Any:
+    """Apply an MLP made by :func:`mlp_init` to input channels. (..., sizes[-1])"""
+    n_layers = sum(1 for k in params if k.startswith("k"))
+    h = split_matmul(channels, params["k1"])
+    for n in range(1, n_layers + 1):
+        if n > 1:
+            h = h @ params[f"k{n}"]
+        if f"b{n}" in params:
+            h = h + params[f"b{n}"]
+        if n < n_layers:
+            h = hidden_act(h)
+    return out_act(h) if out_act is not None else h
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference's GRU block (reference-notes 2.1; paper eqs. 6-8)
+
+MLP_HIDDEN = (80, 40)
+
+
+def gru_init(key: Any, x_dim: int, carry: int) -> dict[str, Any]:
+    """GRU with deep candidate MLPs. Gate biases start at -1 (sigmoid(-1) = 0.27), as in the
+    reference: the update gate initially favours new information, the reset gate favours reset."""
+    k = jax.random.split(key, 6)
+    return {
+        "W_update_x": glorot_uniform(k[0], (x_dim, carry)),
+        "W_update_c": glorot_uniform(k[1], (carry, carry)),
+        "b_update": jnp.full((carry,), -1.0, jnp.float32),
+        "W_reset_x": glorot_uniform(k[2], (x_dim, carry)),
+        "W_reset_c": glorot_uniform(k[3], (carry, carry)),
+        "b_reset": jnp.full((carry,), -1.0, jnp.float32),
+        "b_next": jnp.zeros((carry,), jnp.float32),
+        # The paper says ReLU; the reference code uses tanh hidden layers and no last bias (notes 7.1).
+        "next_x_net": mlp_init(k[4], (x_dim, *MLP_HIDDEN, carry), last_bias=False),
+        "next_c_net": mlp_init(k[5], (carry, *MLP_HIDDEN, carry), last_bias=False),
+    }
+
+
+def gru_apply(p: dict[str, Any], channels: Sequence[Any], c: Any) -> Any:
+    """One GRU step for one agent: ``c' = u c + (1 - u) tanh(MLPx(x) + MLPc(r c) + b)``. (..., C)"""
+    C = c.shape[-1]
+    # one split matmul for the three projections of x: update gate, reset gate, MLPx layer 1
+    kx = jnp.concatenate([p["W_update_x"], p["W_reset_x"], p["next_x_net"]["k1"]], axis=1)
+    xproj = split_matmul(channels, kx)  # (..., 2C + 80)
+    u = jax.nn.sigmoid(xproj[..., :C] + c @ p["W_update_c"] + p["b_update"])
+    r = jax.nn.sigmoid(xproj[..., C : 2 * C] + c @ p["W_reset_c"] + p["b_reset"])
+    nx_ = p["next_x_net"]
+    hx = jnp.tanh(xproj[..., 2 * C :] + nx_["b1"])
+    hx = jnp.tanh(hx @ nx_["k2"] + nx_["b2"]) @ nx_["k3"]
+    hc = mlp_apply(p["next_c_net"], [r * c], jnp.tanh)
+    n = jnp.tanh(hx + hc + p["b_next"])
+    return u * c + (1.0 - u) * n
+
+
+def param_count(tree: Any) -> int:
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))

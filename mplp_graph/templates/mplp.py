@@ -1,0 +1,138 @@
+"""MPLP template: a dense net whose backward pass is a learned message passing protocol.
+
+The forward graph is :func:`feedforward` with ``protocol="none"``. Backward arrows run a learner
+(``mplp_gru`` stateful, ``mplp_mlp`` stateless) at every agent, in the reference's routing
+(reference-notes 1.4, 1.5): loss -> (softmax) -> bias -> weights -> activation -> bias -> ...;
+**weights receive their bias node's message** (``j -> i j``), weight messages are averaged over
+the fan-out (``i j -> i``, mean: paper eq. 5), and the first layer's outgoing message is dropped.
+
+Learner inputs, in the reference's concatenation order (notes 2.4):
+
+=========  ===================================================
+weight     m_j (from the bias), w_ij, x_i (stored input)
+bias       m_j, b_j, z_j = (xW)_j (pre-bias sum)
+activation m_i, pre-activation input
+softmax    m_i, z_i, z_i - max z, exp(z_i - max z), sum exp
+L2 loss    loss_i (the first, one-dimensional message; eq. 2), pred_i, t_i, t_i - pred_i
+CE loss    loss_i, clip(p_i), t_i, log clip(p_i)
+=========  ===================================================
+
+Sharing (paper section 3, "Parameter sharing"; notes 4): ``none`` (one learner per tensor),
+``layers`` (one W learner and one b learner across all dense layers, standardizers per layer, as
+the MNIST experiment) or ``layers+norm`` (standardizers shared too).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec, OpRef
+from mplp_graph.templates.feedforward import feedforward
+
+SHARING = ("none", "layers", "layers+norm")
+
+
+def _add_fields(group: GroupSpec, **fields: FieldSpec) -> GroupSpec:
+    return group.model_copy(update={"state": {**group.state, **fields}})
+
+
+def mplp_feedforward(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    loss: Literal["l2", "ce"] = "l2",
+    *,
+    learner: Literal["gru", "mlp"] = "gru",
+    msg: int = 8,
+    hidden: int = 15,
+    sharing: Literal["none", "layers", "layers+norm"] = "none",
+    standardize: Literal["frozen", "online"] = "frozen",
+    out_scale_init: float = 0.01,
+    name: str | None = None,
+) -> GraphSpec:
+    """A dense net trained by a learned protocol. ``msg``: message size; ``hidden``: GRU hidden
+    channels (stateful only); the carry of a parameter agent is ``1 + hidden + msg`` wide."""
+    if sharing not in SHARING:
+        raise ValueError(f"sharing must be one of {SHARING}, got {sharing!r}")
+    if learner not in ("gru", "mlp"):
+        raise ValueError(f"learner must be 'gru' or 'mlp', got {learner!r}")
+    base = feedforward(sizes, "identity" if activation == "step" else activation, loss, protocol="none")
+    if activation == "step":  # the forward pass may be non-differentiable: MPLP needs no gradient
+        base = feedforward(sizes, "relu", loss, protocol="none")
+        base = base.model_copy(
+            update={"arrows": tuple(a.model_copy(update={"op": OpRef(name="step")}) if a.op.name == "relu" else a for a in base.arrows)}
+        )
+    stateful = learner == "gru"
+    n_layers = len(sizes) - 1
+    c_param, c_node = 1 + hidden + msg, hidden + msg
+    groups = dict(base.groups)
+    arrows = list(base.arrows)
+
+    def carry(width: int, **kw) -> dict[str, FieldSpec]:
+        return {"carry": FieldSpec(shape=(width,), batched=True, **kw)} if stateful else {}
+
+    def learn(name, src, dst, inputs, *, param=None, map=None, into="m", share=None, updates=None) -> ArrowSpec:
+        args: dict = {"msg": msg, "standardize": standardize}
+        ins = list(inputs)
+        if stateful:
+            ins = ["carry"] + ins
+            args.update(hidden=hidden, carry=0)
+        ups = dict(updates or {})
+        if stateful:
+            ups["carry"] = "carry"
+        if param is not None:
+            args["param"] = ins.index(param)
+            args["out_scale_init"] = out_scale_init
+            ups[param] = "param"
+        return ArrowSpec(
+            name=name, src=src, dst=dst, phase="backward", op=OpRef(name=f"mplp_{learner}", args=args),
+            inputs=tuple(ins), map=map, aggregate="mean", into=into, updates=ups, share=share,
+        )
+
+    def share_for(kind: str, layer_arrow: str):
+        if sharing == "none":
+            return None
+        if sharing == "layers":
+            return {"net" if stateful else "f": f"{kind}_net", **({} if stateful else {"g": f"{kind}_net"}), "norm": layer_arrow}
+        return f"{kind}_shared"
+
+    m = FieldSpec(shape=(msg,), batched=True)
+    # loss node: its first message is the elementwise loss value (paper eq. 2)
+    last_b = f"b{n_layers - 1}"
+    if loss == "l2":
+        groups["loss"] = _add_fields(groups["loss"], diff=FieldSpec(batched=True), **carry(c_node))
+        arrows.append(ArrowSpec(name="loss.diff", src="loss", dst="loss", op=OpRef(name="sub"), inputs=("target", "pred"), into="diff"))
+        loss_inputs = ["loss", "pred", "target", "diff"]
+    else:
+        groups["loss"] = _add_fields(groups["loss"], pclip=FieldSpec(batched=True), logp=FieldSpec(batched=True), **carry(c_node))
+        arrows.append(ArrowSpec(name="loss.clip", src="loss", dst="loss", op=OpRef(name="clip_prob"), inputs=("pred",), into="pclip"))
+        arrows.append(ArrowSpec(name="loss.log", src="loss", dst="loss", op=OpRef(name="log"), inputs=("pclip",), into="logp"))
+        loss_inputs = ["loss", "pclip", "target", "logp"]
+    if "softmax" in groups:
+        groups["softmax"] = _add_fields(groups["softmax"], zs=FieldSpec(batched=True), m=m, **carry(c_node))
+        arrows.append(ArrowSpec(name="softmax.shift", src="softmax", dst="softmax", op=OpRef(name="sub"), inputs=("z", "zmax"), into="zs"))
+        bw = [learn("loss->softmax", "loss", "softmax", loss_inputs),
+              learn(f"softmax->{last_b}", "softmax", last_b, ["m", "z", "zs", "e", "den"])]
+    else:
+        bw = [learn(f"loss->{last_b}", "loss", last_b, loss_inputs)]
+    for l in reversed(range(n_layers)):
+        W, b = f"W{l}", f"b{l}"
+        groups[W] = _add_fields(groups[W], m=FieldSpec(shape=(msg,), batched=True, constant_along=(0,)), **carry(c_param))
+        groups[b] = _add_fields(groups[b], m=m, **carry(c_param))
+        bw.append(learn(f"{b}->{W}", b, W, ["m", "b", "z"], param="b", map="j -> i j", share=share_for("b", f"{b}->{W}")))
+        if l > 0:
+            a = f"a{l - 1}"
+            groups[a] = _add_fields(groups[a], m=m, **carry(c_node))
+            bw.append(learn(f"{W}->{a}", W, a, ["m", "w", "x"], param="w", map="i j -> i", share=share_for("W", f"{W}->{a}")))
+            bw.append(learn(f"{a}->b{l - 1}", a, f"b{l - 1}", ["m", "pre"]))
+        else:  # the first layer's outgoing message is computed and discarded (notes 1.4)
+            bw.append(learn(f"{W}.learn", W, W, ["m", "w", "x"], param="w", into=None, share=share_for("W", f"{W}.learn")))
+    dims = "-".join(str(s) for s in sizes)
+    return base.model_copy(
+        update={
+            "name": name or f"mplp_{dims}_{activation}_{loss}_{learner}",
+            "description": f"dense net ({', '.join(map(str, sizes))}), {activation}, {loss} loss, trained by a learned "
+            f"{'stateful (GRU)' if stateful else 'stateless (MLP)'} protocol, message {msg}, sharing {sharing}",
+            "groups": groups,
+            "arrows": tuple(arrows + bw),
+        }
+    )
