@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -47,6 +48,13 @@ def write(f: FieldSpec, value: Any, stored_shape: tuple[int, ...]) -> Any:
     axis are averaged over the batch (paper eq. 4)."""
     if not f.shape:
         value = value[..., 0]
+    # A fused kernel computes full agent axes; along axes the field stores once the values are
+    # equal (resolve checked that the op's output is constant there), so keep one copy.
+    n_agent = len(stored_shape) - len(f.shape) - (1 if f.batched else 0)
+    start = 1 if f.batched else 0
+    for ax in range(n_agent):
+        if stored_shape[start + ax] == 1 and value.shape[1 + ax] > 1:
+            value = jax.lax.slice_in_dim(value, 0, 1, axis=1 + ax)
     if f.batched:
         return jnp.broadcast_to(value, stored_shape).astype(f.dtype)
     value = jnp.mean(value, axis=0) if value.shape[0] > 1 else value[0]

@@ -27,7 +27,7 @@ def batch_size_of(prog: "Program", state: State) -> int:
 
 def kernel_params(kernel: Kernel, params: Any) -> Any:
     """The parameters one kernel call sees: ``params[key]``, or ``{part: params[key][part]}``."""
-    if kernel.share is None:
+    if kernel.share is None or kernel.op.init is None:
         return None
     if isinstance(kernel.share, tuple):
         return {part: params[key][part] for part, key in kernel.share}

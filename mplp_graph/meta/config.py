@@ -1,0 +1,60 @@
+"""Experiment configuration (YAML -> pydantic, ``extra="forbid"``): which graph, which task
+family, how to meta-train and evaluate. Everything a run needs is here, so a run directory's
+``config.yaml`` reproduces it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GraphConfig(_Strict):
+    """Arguments of :func:`mplp_graph.templates.mplp.mplp_feedforward`."""
+
+    sizes: tuple[int, ...] = (1, 20, 20, 1)
+    activation: str = "relu"
+    loss: Literal["l2", "ce"] = "l2"
+    learner: Literal["gru", "mlp"] = "gru"
+    msg: int = Field(8, ge=1)
+    hidden: int = Field(15, ge=0)
+    sharing: Literal["none", "layers", "layers+norm"] = "none"
+    out_scale_init: float = 0.01
+
+
+class TaskConfig(_Strict):
+    family: Literal["sinusoid"] = "sinusoid"
+    inner_steps: int = Field(5, ge=1)
+    batch: int = Field(10, ge=1)
+    cv_points: int = Field(50, ge=1)
+
+
+class MetaConfig(_Strict):
+    steps: int = Field(20000, ge=1)
+    outer_batch: int = Field(4, ge=1)
+    pool: int = Field(128, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    hint_weight: float = 0.7
+    cv_weight: float = 0.3
+    stats_rounds: int = Field(1, ge=0)
+    stats_mix: float = Field(1.0, ge=0, le=1)
+    seed: int = 0
+    checkpoint_every: int = Field(500, ge=1)
+
+
+class EvalConfig(_Strict):
+    runs: int = Field(100, ge=1)
+    adam_lr: float = 0.01
+    seed: int = 12345
+
+
+class ExperimentConfig(_Strict):
+    experiment: str = "sinusoid"
+    graph: GraphConfig = GraphConfig()
+    task: TaskConfig = TaskConfig()
+    meta: MetaConfig = MetaConfig()
+    eval: EvalConfig = EvalConfig()
