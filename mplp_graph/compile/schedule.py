@@ -85,8 +85,10 @@ def derive_phase(graph: GraphSpec, phase: str) -> tuple[tuple[str, ...], ...]:
         cycle = None
     if cycle:
         names = [" + ".join(g.nodes[u]["arrows"]) for u, _ in cycle]
+        first = g.nodes[cycle[0][0]]["arrows"][0]
+        index = next(k for k, a in enumerate(graph.arrows) if a.name == first)
         raise ScheduleError(
-            f"schedule.phases.{phase}",
+            f"arrows[{index}]",
             f"the arrows of phase {phase!r} form a cycle ({' -> '.join(names + names[:1])}), so no order can be "
             f"derived; give one explicitly under schedule.phases.{phase} as a list of stages",
         )

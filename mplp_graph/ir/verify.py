@@ -46,6 +46,9 @@ def _arrow_ok(g: GraphSpec, k: int) -> bool:
     src = g.groups[a.src].state
     if any(f not in src for f in a.inputs) or any(f not in src for f in a.updates):
         return False
+    for grp in (g.groups[a.src], g.groups[a.dst]):  # constant axes out of range: rule_field_sizes reports them
+        if any(ax >= len(grp.shape) for f in grp.state.values() for ax in f.constant_along):
+            return False
     return a.into is None or a.into in g.groups[a.dst].state
 
 
@@ -213,8 +216,15 @@ def rule_phases_run(g: GraphSpec) -> Iterator[Issue]:
             yield f"arrows[{k}].phase", f"arrow {a.name!r} is in phase {a.phase!r}, which schedule.step {list(g.schedule.step)} never runs; add the phase to the step or fix the arrow's phase"
 
 
-def rule_schedule_derivable(g: GraphSpec) -> Iterator[Issue]:
+def _schedulable(g: GraphSpec) -> bool:
+    """Arrows and explicit schedule entries are valid (earlier rules report what is not)."""
     if not all(_arrow_ok(g, k) for k in range(len(g.arrows))):
+        return False
+    return not any(True for _ in rule_schedule_names(g))
+
+
+def rule_schedule_derivable(g: GraphSpec) -> Iterator[Issue]:
+    if not _schedulable(g):
         return
     try:
         build_schedule(g)
@@ -224,7 +234,7 @@ def rule_schedule_derivable(g: GraphSpec) -> Iterator[Issue]:
 
 def rule_no_conflicting_writes(g: GraphSpec) -> Iterator[Issue]:
     """Within one stage, a field may be written by one arrow's updates, or be one inbox."""
-    if not all(_arrow_ok(g, k) for k in range(len(g.arrows))):
+    if not _schedulable(g):
         return
     try:
         sched = build_schedule(g)
