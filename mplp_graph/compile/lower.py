@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mplp_graph.compile.resolve import ArrowPlan
-from mplp_graph.compile.route import Partial, route_bilinear, route_edges, route_map
+from mplp_graph.compile.route import Partial, route_bilinear, route_edges, route_map, sum_axes
 from mplp_graph.ir.spec import FieldSpec
 
 State = dict[str, dict[str, Any]]
@@ -57,7 +57,7 @@ def write(f: FieldSpec, value: Any, stored_shape: tuple[int, ...]) -> Any:
             value = jax.lax.slice_in_dim(value, 0, 1, axis=1 + ax)
     if f.batched:
         return jnp.broadcast_to(value, stored_shape).astype(f.dtype)
-    value = jnp.mean(value, axis=0) if value.shape[0] > 1 else value[0]
+    value = sum_axes(value, [0], 1.0 / value.shape[0]) if value.shape[0] > 1 else value[0]
     return jnp.broadcast_to(value, stored_shape).astype(f.dtype)
 
 
@@ -101,6 +101,15 @@ def _can_fuse_bilinear(a: ArrowPlan) -> bool:
     )
 
 
+def _can_mean_apply(kernel: Kernel, fields: dict[str, dict[str, FieldSpec]]) -> bool:
+    """One arrow whose outputs all land in fields without a batch axis, and an op that can
+    compute the batch mean directly."""
+    if len(kernel.arrows) != 1 or kernel.op.mean_apply is None:
+        return False
+    a = kernel.arrows[0]
+    return a.spec.into is None and all(not fields[a.spec.src][f].batched for f in a.spec.updates)
+
+
 def run_kernel(
     kernel: Kernel, params: Any, state: State, fields: dict[str, dict[str, FieldSpec]]
 ) -> tuple[list[tuple[str, str, Any]], list[tuple[ArrowPlan, Partial]], dict[str, dict[str, Any]]]:
@@ -115,7 +124,11 @@ def run_kernel(
         x, y = inputs[0]
         partials.append((a, route_bilinear(a, x, y, a.spec.aggregate)))
         return updates, partials, side
-    outs = _apply_fused(kernel, params, inputs)
+    if _can_mean_apply(kernel, fields):
+        a = kernel.arrows[0]
+        outs = [a.op.mean_apply(params, tuple(inputs[0]), a.args)]
+    else:
+        outs = _apply_fused(kernel, params, inputs)
     for a, out in zip(kernel.arrows, outs):
         extra = {k: v for k, v in out.items() if k.startswith("side_")}
         if extra:

@@ -62,6 +62,7 @@ def route_map(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
     value = message
     count = 1
     kept = list(m.src)
+    summed = []  # axes to sum over (done together, below)
     # reduce over letters absent from the destination, last axis first so indices stay valid
     for letter in reversed(m.reduced):
         ax = 1 + kept.index(letter)
@@ -74,9 +75,23 @@ def route_map(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
         elif aggregate == "max":
             value = jnp.max(value, axis=ax)
         else:
-            value = jnp.sum(value, axis=ax)
+            summed.append(letter)
+            continue
         kept.remove(letter)
+    if summed:
+        value = sum_axes(value, [1 + kept.index(x) for x in summed])
+        kept = [x for x in kept if x not in summed]
     return finish_map(plan, value, tuple(kept), count)
+
+
+def sum_axes(value: Any, axes: list[int], weight: float = 1.0) -> Any:
+    """``weight * sum`` over ``axes``, as a contraction with vectors of ones: on XLA's CPU backend
+    a dot is several times faster than the equivalent reduce (benchmarks/step_bench.py)."""
+    letters = [chr(ord("a") + k) for k in range(value.ndim)]
+    ones = [jnp.full((value.shape[ax],), weight if k == 0 else 1.0, value.dtype) for k, ax in enumerate(axes)]
+    out = "".join(x for k, x in enumerate(letters) if k not in axes)
+    spec = "".join(letters) + "".join("," + letters[ax] for ax in axes) + "->" + out
+    return jnp.einsum(spec, value, *ones)
 
 
 def route_bilinear(plan: ArrowPlan, a: Any, b: Any, aggregate: str) -> Partial:

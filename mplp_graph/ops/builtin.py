@@ -105,12 +105,37 @@ _elementwise(
     "message = p - lr * g (write it back to p through 'updates' or 'into')",
     args=("lr",),
 )
-_elementwise(
-    "sgd_mul",
-    lambda p, a, b, lr: p - lr * a * b,
-    3,
-    "message = p - lr * a * b (a weight's SGD step: a = stored input, b = incoming gradient)",
-    args=("lr",),
+def mean_product(a, b):
+    """``mean over axis 0 of a * b`` (broadcasting, keeping axis 0 with size 1) as one einsum:
+    the batch-averaged outer product ``mean_b x_i g_j`` becomes a matrix product."""
+    ndim = max(a.ndim, b.ndim)
+    a = a.reshape((1,) * (ndim - a.ndim) + a.shape)
+    b = b.reshape((1,) * (ndim - b.ndim) + b.shape)
+    letters = [chr(ord("a") + k) for k in range(ndim)]
+
+    def operand(v):
+        keep = [k for k in range(ndim) if v.shape[k] > 1]
+        return jnp.reshape(v, [v.shape[k] for k in keep]), "".join(letters[k] for k in keep)
+
+    (va, sa), (vb, sb) = operand(a), operand(b)
+    out_axes = [k for k in range(1, ndim) if a.shape[k] > 1 or b.shape[k] > 1]
+    out = jnp.einsum(f"{sa},{sb}->{''.join(letters[k] for k in out_axes)}", va, vb)
+    batch = max(a.shape[0], b.shape[0])  # the einsum summed over the batch axis if either has one
+    shape = [1] + [max(a.shape[k], b.shape[k]) for k in range(1, ndim)]
+    return (out / batch).reshape(shape)
+
+
+register_op(
+    Op(
+        name="sgd_mul",
+        arity=3,
+        infer=_broadcast_infer,
+        apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * ins[1] * ins[2]},
+        mean_apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * mean_product(ins[1], ins[2])},
+        arg_names=("lr",),
+        required_args=("lr",),
+        doc="message = p - lr * a * b (a weight's SGD step: a = stored input, b = incoming gradient)",
+    )
 )
 
 

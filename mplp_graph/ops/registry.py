@@ -47,6 +47,10 @@ class Op:
         names; ``init`` then returns ``{part: params}`` and ``apply`` receives the same structure.
         ``None``: one undivided parameter tree.
 
+      mean_apply: optional fused form of ``apply`` followed by the batch mean (outputs with a
+        batch axis of size 1). Used when every output of the arrow is written into fields without
+        a batch axis (paper eq. 4), e.g. ``sgd_mul``'s ``p - lr * mean_b(x_i g_j)`` as one matmul.
+
     Outputs whose names start with ``side_`` are side outputs: never routed, collected by
     :meth:`Program.step_with_side` (used e.g. for statistics of an initialisation rollout).
     """
@@ -63,6 +67,7 @@ class Op:
     doc: str = ""
     outputs: tuple[str, ...] = field(default=("message",))
     param_parts: tuple[str, ...] | None = None
+    mean_apply: ApplyFn | None = None
 
 
 _REGISTRY: dict[str, Op] = {}

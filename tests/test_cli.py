@@ -1,0 +1,61 @@
+"""The command line: exit statuses, located messages for user errors, the demo's table."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mplp_graph.cli import main
+
+
+def test_demo_prints_a_loss_table(capsys):
+    assert main(["demo", "--steps", "20"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"step\s+engine loss\s+jax\.grad loss\s+ratio", out), out
+    rows = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$", out, flags=re.M)
+    assert [int(r[0]) for r in rows] == [1, 20], out
+    # the backprop protocol is gradient descent: the engine's losses are jax.grad's
+    for _, engine, direct, ratio in rows:
+        assert float(engine) == pytest.approx(float(direct), rel=1e-4)
+        assert float(ratio) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_validate_missing_file_names_it(capsys):
+    assert main(["validate", "nonexistent.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "nonexistent.yaml" in err
+    assert "Traceback" not in err
+
+
+def test_validate_reports_every_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: g\ngroups: {}\narrows: [1]\n")
+    assert main(["validate", str(bad), "nonexistent.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "nonexistent.yaml" in err
+    assert "2 of 2 file(s) failed" in err
+
+
+def test_inspect_missing_file(capsys):
+    assert main(["inspect", "nonexistent.yaml"]) == 2
+    assert "nonexistent.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["validate", "--help"], ["inspect", "--help"], ["demo", "--help"]])
+def test_help_exits_zero(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "usage: mplp-graph" in capsys.readouterr().out
+
+
+def test_bad_arguments_exit_two(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--steps", "many"])
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert main(["demo", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
