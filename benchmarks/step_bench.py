@@ -195,7 +195,8 @@ def build(cfg: NetConfig, key: Any, n_tasks: int) -> Contenders:
     prog_params = prog.init_params(key)  # {} for the backprop protocol
 
     def engine_one(st, b):
-        st, out = prog.step(prog_params, st, b)
+        # step_carry: only the fields that live from step to step (weights, biases) are carried
+        st, out = prog.step_carry(prog_params, st, b)
         return st, out["loss"]
 
     def direct_one(fn):
@@ -221,8 +222,8 @@ def build(cfg: NetConfig, key: Any, n_tasks: int) -> Contenders:
 
     state = prog.init(key, cfg.batch)
     states = jax.vmap(lambda k: prog.init(k, cfg.batch))(jax.random.split(key, n_tasks))
-    one_carry = {"engine": state, "manual": engine_params(cfg, state), "jaxgrad": engine_params(cfg, state)}
-    task_carry = {"engine": states, "manual": engine_params(cfg, states), "jaxgrad": engine_params(cfg, states)}
+    one_carry = {"engine": prog.carry_of(state), "manual": engine_params(cfg, state), "jaxgrad": engine_params(cfg, state)}
+    task_carry = {"engine": prog.carry_of(states), "manual": engine_params(cfg, states), "jaxgrad": engine_params(cfg, states)}
     batches = make_batches(cfg, jax.random.fold_in(key, 1), SCAN_STEPS * n_tasks)
     batches = {k: v.reshape((SCAN_STEPS, n_tasks) + v.shape[1:]) for k, v in batches.items()}
     first_task = {k: v[:, 0] for k, v in batches.items()}  # (T, B, ...)

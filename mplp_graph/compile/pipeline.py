@@ -8,6 +8,7 @@ from typing import Any
 import jax
 
 from mplp_graph.compile.group import group_kernels
+from mplp_graph.compile.liveness import persistent_fields
 from mplp_graph.compile.lower import Kernel
 from mplp_graph.compile.resolve import ArrowPlan, resolve
 from mplp_graph.compile.schedule import Schedule, build_schedule
@@ -26,6 +27,7 @@ class Program:
     plans: tuple[ArrowPlan, ...]
     schedule: Schedule
     phases: dict[str, tuple[tuple[Kernel, ...], ...]]
+    persistent: frozenset[tuple[str, str]]  # (group, field) pairs that live from step to step
 
     @property
     def step_phases(self) -> tuple[str, ...]:
@@ -61,6 +63,21 @@ class Program:
         state, out = execute.step(self, params, state, batch, side)
         return state, out, side
 
+    def init_carry(self, key: Any, batch_size: int = 1) -> dict[str, dict[str, Any]]:
+        """The persistent part of a fresh state (see :meth:`step_carry`)."""
+        return self.carry_of(self.init(key, batch_size))
+
+    def carry_of(self, state: Any) -> dict[str, dict[str, Any]]:
+        """The persistent fields of a full state: what :meth:`step_carry` takes and returns."""
+        return {g: {f: v for f, v in fs.items() if (g, f) in self.persistent} for g, fs in state.items()}
+
+    def step_carry(self, params: Any, carry: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """:meth:`step` on the persistent fields only (weights, biases, recurrent carries).
+
+        Step-local fields (overwritten every step before being read) start as zeros that the
+        compiler removes; use this in ``lax.scan`` loops over steps."""
+        return execute.step_carry(self, params, carry, batch)
+
     def run_phase(self, phase: str, params: Any, state: Any) -> Any:
         return execute.run_phase(self, phase, params, state)
 
@@ -81,4 +98,5 @@ def compile_graph(spec: GraphSpec) -> Program:
     plans = resolve(spec)  # shapes, batch flags, constant axes, connectivity per arrow
     schedule = build_schedule(spec)  # phases -> ordered stages
     phases = group_kernels(plans, schedule)  # stages -> kernels (arrows sharing a key fused)
-    return Program(spec, plans, schedule, phases)  # lowering happens when a phase is traced
+    persistent = persistent_fields(spec, schedule)  # fields that live from step to step
+    return Program(spec, plans, schedule, phases, persistent)  # lowering happens when a phase is traced

@@ -38,6 +38,8 @@ class MetaConfig(_Strict):
     outer_batch: int = Field(4, ge=1)
     pool: int = Field(128, ge=1)
     lr: float = Field(1e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from lr down to lr_final over `steps`
+    lr_final: float = Field(1e-5, gt=0)
     hint_weight: float = 0.7
     cv_weight: float = 0.3
     stats_rounds: int = Field(1, ge=0)

@@ -60,10 +60,10 @@ def evaluate_mplp(prog: Program, fwd: Program, params: Any, family: SinusoidFami
         kp, kt = jax.random.split(k)
         net = prior if prior is not None else agent_params(prog.spec, prog.init(kp, 1))
         task = family.sample(kt)
-        state = with_agent_params(zeros_state(prog.spec, family.batch), net)
+        state = prog.carry_of(with_agent_params(zeros_state(prog.spec, family.batch), net))
 
         def update(state, x, y):
-            return prog.step(params, state, {"x": x, "y": y})[0]
+            return prog.step_carry(params, state, {"x": x, "y": y})[0]
 
         return _protocol(fwd, family, task, state, update, lambda s: agent_params(prog.spec, s))
 

@@ -31,15 +31,16 @@ def predict_loss(prog: Program, params: Any, state: Any, x: Any, y: Any) -> Any:
 
 
 def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any) -> tuple[Any, Any]:
-    """Run ``k`` inner steps from ``prior``; returns the final state and hint losses ``(k,)``."""
-    state = with_agent_params(zeros_state(prog.spec, xt.shape[1]), prior)
+    """Run ``k`` inner steps from ``prior``; returns the final carry (persistent fields) and the
+    hint losses ``(k,)``."""
+    carry = prog.carry_of(with_agent_params(zeros_state(prog.spec, xt.shape[1]), prior))
 
-    def body(state, xy):
+    def body(carry, xy):
         x, y = xy
-        state, _ = prog.step(params, state, {"x": x, "y": y})
-        return state, predict_loss(prog, params, state, x, y)  # hint: same batch, theta_{i+1}
+        carry, _ = prog.step_carry(params, carry, {"x": x, "y": y})  # weights, biases, GRU carries
+        return carry, predict_loss(prog, params, carry, x, y)  # hint: same batch, theta_{i+1}
 
-    return jax.lax.scan(body, state, (xt, yt))
+    return jax.lax.scan(body, carry, (xt, yt))
 
 
 def task_loss(prog: Program, objective: MetaLoss, params: Any, prior: Any, task: dict[str, Any]) -> tuple[Any, dict]:

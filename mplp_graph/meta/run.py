@@ -66,6 +66,11 @@ def initial_params(setup: Setup) -> Any:
     return params
 
 
+def optimizer(config: ExperimentConfig):
+    m = config.meta
+    return adam(m.lr, m.lr_schedule, m.steps, m.lr_final)
+
+
 def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> tuple[Any, list]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -73,7 +78,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = True,
     setup = build(config)
     m = config.meta
     params = initial_params(setup)
-    step_fn = MetaStep(setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight), m.outer_batch, adam(m.lr))
+    step_fn = MetaStep(setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight), m.outer_batch, optimizer(config))
     pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)
     return meta_train(
         step_fn, params, trainable_mask(params), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
@@ -90,7 +95,7 @@ def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint; run training first")
-    opt_state = adam(config.meta.lr).init(params)
+    opt_state = optimizer(config).init(params)
     trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state})
     return setup, trees["params"], int(manifest["step"])
 

@@ -75,7 +75,11 @@ class MetaStep:
         return new_params, new_opt, {"loss": loss, **parts, "finite": finite}
 
 
-def adam(lr: float) -> optax.GradientTransformation:
+def adam(lr: float, schedule: str = "constant", steps: int = 1, lr_final: float = 1e-5) -> optax.GradientTransformation:
+    """Adam with the Keras epsilon; optionally a cosine decay of the learning rate over ``steps``."""
+    if schedule == "cosine":
+        rate = optax.cosine_decay_schedule(lr, steps, alpha=lr_final / lr)
+        return optax.adam(rate, b1=0.9, b2=0.999, eps=ADAM_EPS)
     return optax.adam(lr, b1=0.9, b2=0.999, eps=ADAM_EPS)
 
 

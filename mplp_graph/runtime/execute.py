@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import jax.numpy as jnp
+
 from mplp_graph.compile.lower import Kernel, State, run_kernel, write
 from mplp_graph.compile.route import combine
 from mplp_graph.errors import CompileError
@@ -107,3 +109,30 @@ def step(
     for phase in prog.step_phases:
         state = run_phase(prog, phase, params, state, side)
     return state, outputs(prog, state)
+
+
+def step_carry(prog: "Program", params: Any, carry: State, batch: dict[str, Any]) -> tuple[State, dict[str, Any]]:
+    """:func:`step` carrying only the persistent fields; the others start as zeros (never read)."""
+    b = batch_size_of_carry(prog, carry, batch)
+    full = {}
+    for g, grp in prog.spec.groups.items():
+        full[g] = {}
+        for f, fs in grp.state.items():
+            if (g, f) in prog.persistent:
+                full[g][f] = carry[g][f]
+            else:
+                full[g][f] = jnp.zeros(stored_shape(grp, fs, b), fs.dtype)
+    state, out = step(prog, params, full, batch)
+    return prog.carry_of(state), out
+
+
+def batch_size_of_carry(prog: "Program", carry: State, batch: dict[str, Any]) -> int:
+    for gname, group in prog.spec.groups.items():
+        for fname, f in group.state.items():
+            if f.batched and (gname, fname) in prog.persistent:
+                return int(carry[gname][fname].shape[0])
+    for key, ref in prog.spec.inputs.items():
+        g, f = ref.split(".", 1)
+        if prog.spec.groups[g].state[f].batched:
+            return int(batch[key].shape[0])
+    return 1

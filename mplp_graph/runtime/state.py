@@ -53,7 +53,10 @@ def zeros_state(spec: GraphSpec, batch_size: int) -> dict[str, dict[str, Any]]:
 
 def agent_params(spec: GraphSpec, state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The fields without a batch axis (weights, biases...): what a prior or a trained net is."""
-    return {g: {f: state[g][f] for f, fs in grp.state.items() if not fs.batched} for g, grp in spec.groups.items()}
+    return {
+        g: {f: state[g][f] for f, fs in grp.state.items() if not fs.batched and f in state.get(g, {})}
+        for g, grp in spec.groups.items()
+    }
 
 
 def with_agent_params(state: dict[str, dict[str, Any]], prior: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

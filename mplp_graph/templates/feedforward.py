@@ -144,6 +144,12 @@ def feedforward(
         bw.append(_arrow(f"loss->{last_b}", "loss", last_b, f"{loss}_grad", ["pred", "target"], phase="backward", into="g"))
     fw.append(_arrow("loss.value", "loss", "loss", loss, ["pred", "target"], into="loss"))
     arrows = fw + (bw if protocol == "backprop" else [])
+    # drop gradient fields that no arrow uses (protocol "none"; the loss node before a softmax)
+    used = {(a.src, f) for a in arrows for f in a.inputs} | {(a.dst, a.into) for a in arrows if a.into}
+    groups = {
+        g: grp.model_copy(update={"state": {f: v for f, v in grp.state.items() if f != "g" or (g, f) in used}})
+        for g, grp in groups.items()
+    }
     dims = "-".join(str(s) for s in sizes)
     return GraphSpec(
         name=name or f"feedforward_{dims}_{activation}_{loss}",

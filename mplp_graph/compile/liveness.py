@@ -1,0 +1,45 @@
+"""Pass: liveness. Which fields must survive from one step to the next?
+
+A field is *step-local* when every step overwrites it before reading it: the batch fields fed
+at the start of a step, the forward inputs stored by the forward phase, the messages of the
+backward phase. Only the other, *persistent*, fields (weights, biases, recurrent carries) need
+to be carried between steps; :meth:`Program.step_carry` carries just those, which keeps the
+state of a ``lax.scan`` over steps small (fewer buffers, fewer copies).
+"""
+
+from __future__ import annotations
+
+from mplp_graph.compile.schedule import Schedule
+from mplp_graph.ir.spec import GraphSpec
+
+
+def persistent_fields(spec: GraphSpec, schedule: Schedule) -> frozenset[tuple[str, str]]:
+    """Fields read (by an arrow, or as an output) before any write in one step."""
+    arrows = {a.name: a for a in spec.arrows}
+    written: set[tuple[str, str]] = set()
+    for ref in spec.inputs.values():
+        written.add(tuple(ref.split(".", 1)))  # the batch is written first
+    persistent: set[tuple[str, str]] = set()
+    for phase in schedule.step:
+        for stage in schedule.phases[phase]:
+            # all arrows of a stage read the state as it was when the stage began
+            for name in stage:
+                a = arrows[name]
+                for f in a.inputs:
+                    if (a.src, f) not in written:
+                        persistent.add((a.src, f))
+            for name in stage:
+                a = arrows[name]
+                written.update((a.src, f) for f in a.updates)
+                if a.into is not None:
+                    written.add((a.dst, a.into))
+    # outputs are read at the end of the step; fields never written keep their value
+    for ref in spec.outputs.values():
+        g, f = ref.split(".", 1)
+        if (g, f) not in written:
+            persistent.add((g, f))
+    for g, grp in spec.groups.items():
+        for f in grp.state:
+            if (g, f) not in written:
+                persistent.add((g, f))
+    return frozenset(persistent)
