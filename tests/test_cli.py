@@ -9,8 +9,19 @@ import pytest
 from mplp_graph.cli import main
 
 
-def test_demo_prints_a_loss_table(capsys):
-    assert main(["demo", "--steps", "20"]) == 0
+def test_demo_meta_trains_and_evaluates(tmp_path, capsys):
+    assert main(["demo", "--meta-steps", "3", "--runs", "4", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "115,081 learner parameters" in out  # as many as the published sinusoid learner
+    assert re.search(r"meta-trained 3 steps in \d+ s: meta-loss [\d.]+ \(first 1\) -> [\d.]+", out), out
+    rows = re.findall(r"^(MPLP.*|Adam\(0\.01\))\s+((?:[\d.]+\s*){6})$", out, flags=re.M)
+    assert any(r[0].startswith("Adam") for r in rows) and any(r[0].startswith("MPLP") for r in rows), out
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_backprop_demo_prints_a_loss_table(capsys):
+    assert main(["backprop", "--steps", "20"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"step\s+engine loss\s+jax\.grad loss\s+ratio", out), out
     rows = re.findall(r"^\s*(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$", out, flags=re.M)
@@ -42,7 +53,7 @@ def test_inspect_missing_file(capsys):
     assert "nonexistent.yaml" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["validate", "--help"], ["inspect", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["validate", "--help"], ["inspect", "--help"], ["demo", "--help"], ["backprop", "--help"]])
 def test_help_exits_zero(argv, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -52,10 +63,11 @@ def test_help_exits_zero(argv, capsys):
 
 def test_bad_arguments_exit_two(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["demo", "--steps", "many"])
+        main(["backprop", "--steps", "many"])
     assert exc.value.code == 2
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2
-    assert main(["demo", "--steps", "0"]) == 2
+    assert main(["backprop", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+    assert main(["demo", "--meta-steps", "0"]) == 2

@@ -100,6 +100,30 @@ def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:
     return setup, trees["params"], int(manifest["step"])
 
 
+def save_params_file(path: str | Path, params: Any) -> None:
+    """Learner parameters alone (no optimizer state), as an ``.npz`` written atomically."""
+    import io
+
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+    buf = io.BytesIO()
+    np.savez(buf, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves})
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_params_file(setup: Setup, path: str | Path) -> Any:
+    """Learner parameters saved by :func:`save_params_file`, checked against the graph."""
+    template = setup.prog.init_params(jax.random.PRNGKey(0))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    with np.load(path, allow_pickle=False) as data:
+        out = []
+        for p, v in leaves:
+            key = jax.tree_util.keystr(p)
+            if key not in data or data[key].shape != v.shape:
+                raise ValueError(f"{path}: no array {key} of shape {v.shape}; the file was saved for another graph")
+            out.append(jnp.asarray(data[key]))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
