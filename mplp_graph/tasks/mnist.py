@@ -134,7 +134,8 @@ def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
         return m
 
     rows, cols = matrix(images.shape[1], size), matrix(images.shape[2], size)
-    return np.einsum("oh,nhw,pw->nop", rows, images, cols)
+    out = np.matmul(rows, images)  # (n, size, w)
+    return np.matmul(out, cols.T)  # (n, size, size)
 
 
 def preprocess(data: dict[str, np.ndarray], size: int | None = 12) -> dict[str, np.ndarray]:

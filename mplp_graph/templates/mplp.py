@@ -55,8 +55,9 @@ def mplp_feedforward(
         raise ValueError(f"sharing must be one of {SHARING}, got {sharing!r}")
     if learner not in ("gru", "mlp"):
         raise ValueError(f"learner must be 'gru' or 'mlp', got {learner!r}")
-    base = feedforward(sizes, "identity" if activation == "step" else activation, loss, protocol="none")
-    if activation == "step":  # the forward pass may be non-differentiable: MPLP needs no gradient
+    if activation != "step":
+        base = feedforward(sizes, activation, loss, protocol="none")
+    else:  # the forward pass may be non-differentiable: MPLP needs no gradient
         base = feedforward(sizes, "relu", loss, protocol="none")
         base = base.model_copy(
             update={"arrows": tuple(a.model_copy(update={"op": OpRef(name="step")}) if a.op.name == "relu" else a for a in base.arrows)}
