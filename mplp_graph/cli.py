@@ -4,7 +4,11 @@ Subcommands::
 
     mplp-graph validate FILE...   load and verify graph files; report every file
     mplp-graph inspect FILE       print the graph and its compile report
-    mplp-graph demo               train the paper's sinusoid net with the backprop protocol
+    mplp-graph draw FILE -o OUT   draw the topology (.png, .svg, .pdf or .dot)
+    mplp-graph train CONFIG       meta-train from an experiment config (resumable)
+    mplp-graph eval RUN_DIR       evaluate a trained run against Adam; JSON + plot
+    mplp-graph demo               meta-train a small MPLP learner, compare it with Adam
+    mplp-graph backprop           train the sinusoid net with the backprop protocol
 
 Exit status: 0 on success, 2 on a user error (a bad graph file, a missing file, bad arguments),
 with a one-line message per problem on stderr that says where it is; never a traceback for
@@ -96,6 +100,74 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise UserError(_user_message(e, args.file)) from None
     print()
     print(report)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# draw, train, eval
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    import mplp_graph as mg
+
+    spec = _load(args.file)
+    if not args.output.lower().endswith((".png", ".svg", ".pdf", ".dot")):
+        raise UserError(f"-o {args.output}: expected a .png, .svg, .pdf or .dot file name")
+    try:
+        mg.draw_graph(spec, args.output, expand=args.expand, phase=args.phase)
+    except (ValueError, MplpGraphError) as e:
+        raise UserError(f"{args.file}: {e}") from None
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _experiment_config(path: str):
+    import yaml
+    from pydantic import ValidationError
+
+    from mplp_graph.meta.config import ExperimentConfig
+
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such file")
+    try:
+        return ExperimentConfig.model_validate(yaml.safe_load(open(path, encoding="utf-8").read()) or {})
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    except ValidationError as e:
+        lines = [f"{path} {'.'.join(str(x) for x in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()]
+        raise UserError("\n".join(lines)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mplp_graph.meta.run import train
+
+    config = _experiment_config(args.config)
+    if args.steps is not None:
+        config = config.model_copy(update={"meta": config.meta.model_copy(update={"steps": args.steps})})
+    train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    print(f"meta-trained to step {config.meta.steps}; metrics and checkpoints in {args.run_dir}")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mplp_graph.meta.run import evaluate, load_trained, write_results
+
+    if not os.path.isdir(args.run_dir):
+        raise UserError(f"{args.run_dir}: no such run folder")
+    try:
+        setup, params, step = load_trained(args.run_dir)
+    except (FileNotFoundError, MplpGraphError) as e:
+        raise UserError(str(e)) from None
+    if args.runs is not None:
+        setup = type(setup)(setup.config.model_copy(update={"eval": setup.config.eval.model_copy(update={"runs": args.runs})}), setup.prog, setup.fwd, setup.family)
+    results = evaluate(setup, params)
+    out = Path(args.out or args.run_dir)
+    doc = write_results(setup, results, out, command=f"mplp-graph eval {args.run_dir}", meta_steps=step, train_s=None)
+    for k, v in doc["metrics"].items():
+        print(f"{k}: {v}")
+    print(f"wrote {out / 'results.json'} and {out / 'sinusoid.png'}")
     return EXIT_OK
 
 
@@ -237,6 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="graph YAML file")
     p.add_argument("--batch", type=int, default=1, help="batch size for the report's shapes and FLOPs (default 1)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("draw", help="draw a graph's topology", description="Draw a graph file's topology: groups (or agents, with --expand) and arrows, left to right along the forward schedule.")
+    p.add_argument("file", metavar="FILE", help="graph YAML file")
+    p.add_argument("-o", "--output", required=True, help="output file: .png, .svg, .pdf, or .dot (Graphviz)")
+    p.add_argument("--expand", action="store_true", help="one node per agent (small graphs only)")
+    p.add_argument("--phase", default=None, help="draw only the arrows of this phase (e.g. forward, backward)")
+    p.set_defaults(func=cmd_draw)
+
+    p = sub.add_parser("train", help="meta-train from an experiment config", description="Meta-train from an experiment config (YAML, see experiments/sinusoid/config.yaml): progress bar, metrics.jsonl, checkpoints; resumes from the latest checkpoint in RUN_DIR unless --no-resume.")
+    p.add_argument("config", metavar="CONFIG", help="experiment config YAML")
+    p.add_argument("--run-dir", default="runs/train", help="folder for metrics and checkpoints (default runs/train)")
+    p.add_argument("--steps", type=int, default=None, help="override meta.steps")
+    p.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch even if RUN_DIR has checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run against Adam", description="Evaluate the latest checkpoint of RUN_DIR with the paper's protocol against Adam; write results.json and a plot.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'train'")
+    p.add_argument("--runs", type=int, default=None, help="override eval.runs")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="meta-train a small MPLP learner and compare it with Adam", description=cmd_demo.__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--meta-steps", type=int, default=150, help="meta-training steps (default 150)")

@@ -71,3 +71,35 @@ def test_bad_arguments_exit_two(capsys):
     assert main(["backprop", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
     assert main(["demo", "--meta-steps", "0"]) == 2
+
+
+def test_draw_writes_png_and_dot(tmp_path, capsys):
+    from pathlib import Path
+
+    graph = str(Path(__file__).resolve().parents[1] / "graphs" / "skip_mlp.yaml")
+    assert main(["draw", graph, "-o", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").stat().st_size > 5_000
+    assert main(["draw", graph, "-o", str(tmp_path / "g.dot"), "--phase", "forward"]) == 0
+    assert "digraph" in (tmp_path / "g.dot").read_text()
+    assert main(["draw", graph, "-o", str(tmp_path / "g.txt")]) == 2
+    assert "expected a .png" in capsys.readouterr().err
+
+
+def test_train_and_eval_tiny_config(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "graph: {sizes: [1, 3, 1], msg: 2, hidden: 2}\n"
+        "task: {inner_steps: 2, batch: 4, cv_points: 5}\n"
+        "meta: {steps: 2, outer_batch: 2, pool: 4, checkpoint_every: 1}\n"
+        "eval: {runs: 3}\n"
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--run-dir", str(run), "--no-progress"]) == 0
+    assert (run / "ckpt_00000002.npz").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main(["eval", str(run), "--out", str(tmp_path / "ev")]) == 0
+    assert "mplp_eval_l2_step2" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("meta: {steps: -1, stepz: 3}\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "meta.steps" in err and "meta.stepz" in err
