@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import optax
 
 from mplp_graph.compile.pipeline import Program
-from mplp_graph.meta.objectives import predict_loss
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 
