@@ -10,7 +10,8 @@ from mplp_graph.ir.verify import verify
 from mplp_graph.ops.registry import Op, get_op, op_names, register_op
 from mplp_graph.templates.feedforward import feedforward
 from mplp_graph.ir.pretty import format_graph
-from mplp_graph.viz.topology import draw as draw_graph, to_dot, to_networkx
+from mplp_graph.viz.draw import draw as draw_graph
+from mplp_graph.viz.topology import to_dot, to_networkx
 
 __all__ = [
     "ArrowSpec",

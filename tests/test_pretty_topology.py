@@ -10,7 +10,7 @@ import pytest
 import mplp_graph as mg
 from mplp_graph.compile.report import CompileReport, compile_report
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec, OpRef
-from mplp_graph.viz.topology import group_layers
+from mplp_graph.viz.draw import group_layers
 
 
 @pytest.fixture(scope="module")
