@@ -19,7 +19,8 @@ Before any timing the benchmark checks, with standardizer statistics from an ini
 (non-trivial per channel, so a wrong channel order is caught) and randomized ``out_scale``:
 
 * meta-loss (and its hint / CV parts) to 1e-5 relative,
-* meta-gradient to 1e-4 (per leaf, relative to the leaf's largest entry),
+* meta-gradient to 1e-4 (per leaf, relative to the leaf's largest entry; the trainable leaves,
+  i.e. after the mask that freezes the standardizer statistics),
 * the full meta-step's loss to 1e-5 relative and its new parameters to ``2 * lr``
   (Adam's first step moves every entry by about ``lr * sign(g)``, so entries whose normalized
   gradient is at float noise level may differ by up to that much),
@@ -36,14 +37,17 @@ Two configs:
   (reference-notes 5.5); random normal inputs and random one-hot labels.
 
 Per config and contender: median ms per meta-step over interleaved rounds (the order rotates
-every round), the first call's wall time (trace + lower + compile + run), ``.lower()`` and
-``.compile()`` times measured separately on a fresh wrapper, peak RSS during compilation, HLO
-size (lines of ``lowered.as_text()``) and op counts of the optimized HLO. Results go to
+every round), the first call's wall time (trace + lower + compile + run; the row's
+``compile_s`` / ``direct_compile_s``), ``.lower()`` and ``.compile()`` times measured separately
+on fresh wrappers (``--compile-reps`` times, the order alternating; the minimum is reported),
+peak RSS of the first call and of the compilation, HLO size (lines of ``lowered.as_text()``),
+StableHLO op counts, and op counts of the optimized HLO (``kernel``: instructions that run as
+separate kernels, i.e. outside fusions; ``fused``: inside fusions). Results go to
 ``benchmarks/results/meta_step_bench.json`` (format: results.md of the shared docs).
 
-Run: ``python benchmarks/meta_step_bench.py`` (``--quick`` for a smoke run; ``--config`` to pick
-configs; ``--note background_load`` to mark a run made on a busy machine; ``--hlo DIR`` to dump
-the HLO text).
+Run: ``python benchmarks/meta_step_bench.py`` (``--quick`` for a smoke run: 3 rounds of 3
+meta-steps, one compile measurement; ``--config`` to pick configs; ``--note background_load``
+to mark a run made on a busy machine; ``--hlo DIR`` to dump the HLO text).
 """
 
 from __future__ import annotations
@@ -61,9 +65,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -105,13 +110,14 @@ class MetaConfig:
     lr: float
     pool: int
     task: str  # "sinusoid" | "random_class"
+    iters: int = 20  # default meta-steps per contender per timing round
     hint_weight: float = 0.7
     cv_weight: float = 0.3
 
 
 CONFIGS = (
-    MetaConfig("sinusoid", (1, 20, 20, 1), "relu", "l2", 8, 15, "none", 5, 10, 4, 50, 1e-4, 128, "sinusoid"),
-    MetaConfig("mnist", (144, 50, 10), "sigmoid", "ce", 4, 7, "layers", 20, 8, 1, 8, 5e-4, 16, "random_class"),
+    MetaConfig("sinusoid", (1, 20, 20, 1), "relu", "l2", 8, 15, "none", 5, 10, 4, 50, 1e-4, 128, "sinusoid", iters=20),
+    MetaConfig("mnist", (144, 50, 10), "sigmoid", "ce", 4, 7, "layers", 20, 8, 1, 8, 5e-4, 16, "random_class", iters=5),
 )
 
 
@@ -236,7 +242,7 @@ def direct_inner_step(cfg: MetaConfig, params: Any, Ws: list, bs: list, carries:
     """One inner step (reference-notes Appendix A). Returns (Ws, bs, carries)."""
     L, msg = len(Ws), cfg.msg
     pred, (ins, zs, pres, sm) = _forward(cfg, Ws, bs, x)
-    loss, states = _loss_elems(cfg, pred, y)
+    _, states = _loss_elems(cfg, pred, y)
     new_c = dict(carries)
     last_b = f"b{L - 1}"
     # loss node: its first input is the elementwise loss value (paper eq. 2)
@@ -341,7 +347,10 @@ class DirectMetaStep:
         new = jax.tree_util.tree_map(
             lambda p, m, v: p - self.cfg.lr * (m / c1) / (jnp.sqrt(v / c2) + ADAM_EPS), params, mu, nu
         )
-        keep = lambda n, o: jnp.where(finite, n, o)  # noqa: E731
+
+        def keep(n, o):
+            return jnp.where(finite, n, o)
+
         new = jax.tree_util.tree_map(keep, new, params)
         new_opt = jax.tree_util.tree_map(keep, {"count": t, "mu": mu, "nu": nu}, opt)
         return new, new_opt, {"loss": loss, **parts, "finite": finite}
@@ -441,6 +450,10 @@ def check_agreement(b: Bench, key: Any, steps: dict[str, Callable]) -> dict[str,
         "hint_rel_diff": _rel(float(pe["hint"]), float(pd["hint"])),
         "cv_rel_diff": _rel(float(pe["cv"]), float(pd["cv"])),
     }
+    # compare what the optimizer uses: gradients of the frozen statistics are masked out (an
+    # engine may legitimately stop their gradient)
+    ge = jax.tree_util.tree_map(jnp.multiply, ge, b.mask)
+    gd = jax.tree_util.tree_map(jnp.multiply, gd, b.mask)
     worst, worst_leaf = 0.0, ""
     paths = jax.tree_util.tree_flatten_with_path(ge)[0]
     for (path, a), c in zip(paths, jax.tree_util.tree_leaves(gd)):
@@ -659,20 +672,23 @@ def parse_note(text: str) -> tuple[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
-    p.add_argument("--iters", type=int, default=20, help="meta-steps per contender per round (default 20)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="meta-steps per contender per round (default: 20 for sinusoid, 5 for mnist)")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds of 3 meta-steps")
     p.add_argument("--config", choices=[c.name for c in CONFIGS], action="append", help="only this config (repeatable)")
     p.add_argument("--note", action="append", default=[], metavar="KEY[=VALUE]",
                    help="extra top-level JSON entry, e.g. --note background_load (-> true) or --note 'load=2.9'")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--hlo", type=Path, default=None, help="write StableHLO and optimized HLO text into this folder")
+    p.add_argument("--compile-reps", type=int, default=2,
+                   help="separate .lower()/.compile() measurements per contender, order alternating (default 2; min reported)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.iters = 3, 3
-    for name in ("rounds", "iters"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be >= 1")
+        args.rounds, args.iters, args.compile_reps = 3, 3, 1
+    for name in ("rounds", "iters", "compile_reps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
     try:
         args.notes = dict(parse_note(n) for n in args.note)
     except ValueError:
@@ -688,7 +704,8 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
     fns = {"engine": b.engine.__call__, "direct": b.direct.__call__}
     states = {k: (b.params, b.opt[k]) for k in fns}
     fixed = (b.mask, b.pool)
-    keys = [jax.random.fold_in(key, i) for i in range(max(args.iters, 1))]
+    iters = args.iters or cfg.iters
+    keys = [jax.random.fold_in(key, i) for i in range(iters)]
 
     # first call: trace + lower + compile + run, on the jitted function that is timed below
     jitted, first = {}, {}
@@ -698,7 +715,19 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         jax.block_until_ready(jitted[k](*states[k], *fixed, keys[0]))
         first[k] = {"first_call_s": time.perf_counter() - t0, "first_call_peak_rss_mb": peak_rss_mb()}
-    comp = {k: compile_stats(fn, (*states[k], *fixed, keys[0]), args.hlo, f"{cfg.name}_{k}") for k, fn in fns.items()}
+    # .lower() / .compile() on fresh wrappers, the contenders' order alternating per repetition
+    # (a machine's load drifts; the first call above always ran the engine first)
+    comp: dict[str, dict[str, Any]] = {}
+    names = list(fns)
+    for rep in range(args.compile_reps):
+        for k in names[::-1] if rep % 2 == 0 else names:
+            c = compile_stats(fns[k], (*states[k], *fixed, keys[0]), args.hlo if rep == 0 else None, f"{cfg.name}_{k}")
+            if k not in comp:
+                comp[k] = {**c, "lower_s_all": [], "compile_s_all": []}
+            comp[k]["lower_s_all"].append(round(c["lower_s"], 3))
+            comp[k]["compile_s_all"].append(round(c["compile_s"], 3))
+            comp[k]["lower_s"] = min(comp[k]["lower_s"], c["lower_s"])
+            comp[k]["compile_s"] = min(comp[k]["compile_s"], c["compile_s"])
     agree = check_agreement(b, jax.random.fold_in(key, 12345), jitted)
     print(
         f"{cfg.name}: engine and direct agree: meta-loss {agree['loss_rel_diff']:.2e} (rel), meta-gradient "
@@ -706,7 +735,7 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
         f"{agree['step_param_max_diff']:.2e}",
         flush=True,
     )
-    times = interleaved(jitted, states, fixed, keys, args.rounds, args.iters)
+    times = interleaved(jitted, states, fixed, keys, args.rounds, iters)
     med = {k: float(np.median(v)) for k, v in times.items()}
     row = {
         "name": f"{cfg.name}_meta_step",
@@ -724,6 +753,8 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
             "cv_points": cfg.cv_points, "lr": cfg.lr, "pool": cfg.pool, "task": cfg.task,
             "hint_weight": cfg.hint_weight, "cv_weight": cfg.cv_weight,
         },
+        "rounds": args.rounds,
+        "iters": iters,
         "setup_s": round(setup_s, 3),
         "agreement": agree,
         "engine_ms_rounds": [round(t, 3) for t in times["engine"]],
@@ -733,8 +764,10 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
         c = comp[k]
         row[k] = {
             "first_call_s": round(first[k]["first_call_s"], 3),
-            "lower_s": round(c["lower_s"], 3),
+            "lower_s": round(c["lower_s"], 3),  # min over --compile-reps
             "compile_s": round(c["compile_s"], 3),
+            "lower_s_all": c["lower_s_all"],
+            "compile_s_all": c["compile_s_all"],
             "first_call_peak_rss_mb": round(first[k]["first_call_peak_rss_mb"], 1),
             "compile_peak_rss_mb": round(c["compile_peak_rss_mb"], 1),
             "hlo_lines": c["hlo_lines"],
@@ -770,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.date.today().isoformat(),
         **args.notes,
-        "settings": {"rounds": args.rounds, "iters": args.iters, "seed": args.seed, "quick": args.quick},
+        "settings": {"rounds": args.rounds, "iters": args.iters, "compile_reps": args.compile_reps, "seed": args.seed, "quick": args.quick},
         "rows": rows,
     }
     write_json_atomic(args.out, result)

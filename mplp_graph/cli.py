@@ -348,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (``--help`` and argument errors exit via SystemExit)."""
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "eval", "demo", "backprop"):
+        from mplp_graph.cache import enable_compilation_cache
+
+        enable_compilation_cache()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

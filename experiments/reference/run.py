@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 import mplp_graph as mg
+from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.meta.checkpoint import atomic_write_json
 from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax
 from mplp_graph.meta.run import git_commit
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args(argv)
+    enable_compilation_cache()
     key = jax.random.PRNGKey(args.seed)
     metrics, curves, wall = {}, {}, {}
     for part in args.only:

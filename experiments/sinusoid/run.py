@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.meta.config import ExperimentConfig
 from mplp_graph.meta.run import evaluate, load_trained, train, write_results
 
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args(argv)
+    enable_compilation_cache()
     raw = yaml.safe_load(Path(args.config).read_text())
     if args.steps is not None:
         raw.setdefault("meta", {})["steps"] = args.steps

@@ -64,8 +64,8 @@ def _standardize(norm, channels, args, side):
         mean, nrm = channel_stats(channels)
         side["side_in_mean"], side["side_in_norm"] = mean, nrm
         mean, nrm = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(nrm)
-    else:
-        mean, nrm = norm["in_mean"], norm["in_norm"]
+    else:  # frozen statistics: no gradient flows into them (a smaller backward pass to compile)
+        mean, nrm = jax.lax.stop_gradient(norm["in_mean"]), jax.lax.stop_gradient(norm["in_norm"])
     return standardize(channels, mean, nrm)
 
 
@@ -75,7 +75,7 @@ def _param_update(norm, p, delta, args, side):
         out_mean = jax.lax.stop_gradient(jnp.mean(delta))  # batch mean, then mean over the tensor
         side["side_out_mean"] = out_mean
     else:
-        out_mean = norm["out_mean"]
+        out_mean = jax.lax.stop_gradient(norm["out_mean"])
     return p + (delta - out_mean) * norm["out_scale"]
 
 

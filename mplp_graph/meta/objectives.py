@@ -19,6 +19,7 @@ class MetaLoss:
 
     hint_weight: float = 0.7
     cv_weight: float = 0.3
+    remat: bool = True  # jax.checkpoint around each inner step
 
 
 def predict_loss(prog: Program, params: Any, state: Any, x: Any, y: Any) -> Any:
@@ -30,7 +31,7 @@ def predict_loss(prog: Program, params: Any, state: Any, x: Any, y: Any) -> Any:
     return jnp.mean(out["loss"])
 
 
-def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any) -> tuple[Any, Any]:
+def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any, remat: bool = True) -> tuple[Any, Any]:
     """Run ``k`` inner steps from ``prior``; returns the final carry (persistent fields) and the
     hint losses ``(k,)``."""
     carry = prog.carry_of(with_agent_params(zeros_state(prog.spec, xt.shape[1]), prior))
@@ -40,11 +41,13 @@ def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any) -> tupl
         carry, _ = prog.step_carry(params, carry, {"x": x, "y": y})  # weights, biases, GRU carries
         return carry, predict_loss(prog, params, carry, x, y)  # hint: same batch, theta_{i+1}
 
-    return jax.lax.scan(body, carry, (xt, yt))
+    # remat: recompute each inner step's activations in the backward pass instead of storing
+    # them (on a 2-core CPU: ~30% faster meta-steps, a third of the memory; benchmarks/)
+    return jax.lax.scan(jax.checkpoint(body) if remat else body, carry, (xt, yt))
 
 
 def task_loss(prog: Program, objective: MetaLoss, params: Any, prior: Any, task: dict[str, Any]) -> tuple[Any, dict]:
-    state, hints = inner_loop(prog, params, prior, task["xt"], task["yt"])
+    state, hints = inner_loop(prog, params, prior, task["xt"], task["yt"], objective.remat)
     cv = predict_loss(prog, params, state, task["xe"], task["ye"])
     total = objective.hint_weight * jnp.mean(hints) + objective.cv_weight * cv
     return total, {"hint": jnp.mean(hints), "cv": cv}

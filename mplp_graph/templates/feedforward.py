@@ -147,7 +147,7 @@ def feedforward(
     # drop gradient fields that no arrow uses (protocol "none"; the loss node before a softmax)
     used = {(a.src, f) for a in arrows for f in a.inputs} | {(a.dst, a.into) for a in arrows if a.into}
     groups = {
-        g: grp.model_copy(update={"state": {f: v for f, v in grp.state.items() if f != "g" or (g, f) in used}})
+        g: grp.model_copy(update={"state": {f: v for f, v in grp.state.items() if f not in ("g", "pg") or (g, f) in used}})
         for g, grp in groups.items()
     }
     dims = "-".join(str(s) for s in sizes)
