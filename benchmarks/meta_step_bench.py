@@ -58,12 +58,9 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import re
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +79,7 @@ from mplp_graph.ops.builtin import CE_CLIP
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
+from bench_common import _git, machine_line, write_json_atomic  # noqa: E402  (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "meta_step_bench.json"
@@ -621,38 +619,6 @@ def interleaved(fns: dict[str, Callable], states: dict[str, tuple], fixed: tuple
 
 # ---------------------------------------------------------------------------------------------
 # results file (same format as step_bench.json)
-
-
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-def machine_line() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core CPU ({model}), {platform.system()} {platform.release()}, python {platform.python_version()}"
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
