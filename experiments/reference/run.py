@@ -134,14 +134,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     enable_compilation_cache()
     key = jax.random.PRNGKey(args.seed)
-    metrics, curves, wall = {}, {}, {}
+    out = Path(args.out)
+    previous = {}
+    if (out / "results.json").exists():  # parts run separately accumulate in one file
+        import json
+
+        previous = json.loads((out / "results.json").read_text())
+    metrics, curves, wall = previous.get("metrics", {}), previous.get("curves", {}), previous.get("wall_s", {})
     for part in args.only:
         t0 = time.perf_counter()
         runs = args.runs_784 if part == "mnist784" else args.runs
         globals()[part](runs, key, metrics, curves)
         wall[part] = time.perf_counter() - t0
-        print(part, {k: round(v, 5) for k, v in metrics.items()}, f"{wall[part]:.0f} s", flush=True)
-    out = Path(args.out)
+        print(part, {k: round(v, 5) for k, v in metrics.items() if k.startswith(part[:5])}, f"{wall[part]:.0f} s", flush=True)
     doc = {
         "experiment": "reference",
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
@@ -149,6 +154,7 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"2-core CPU, jax {jax.__version__}",
         "runs": args.runs,
+        "parts": sorted(set(previous.get("parts", [])) | set(args.only)),
         "runs_784": args.runs_784,
         "wall_s": wall,
         "metrics": metrics,
