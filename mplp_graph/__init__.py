@@ -8,6 +8,7 @@ from mplp_graph.errors import CompileError, GraphSpecError, Location, MplpGraphE
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec, OpRef, ScheduleSpec
 from mplp_graph.ir.verify import verify
 from mplp_graph.ops.registry import Op, get_op, op_names, register_op
+from mplp_graph.reference import load_reference_learner, load_reference_prior
 from mplp_graph.templates.feedforward import feedforward
 from mplp_graph.ir.pretty import format_graph
 from mplp_graph.viz.draw import draw as draw_graph
@@ -31,6 +32,8 @@ __all__ = [
     "dump_graph",
     "feedforward",
     "get_op",
+    "load_reference_learner",
+    "load_reference_prior",
     "load_graph",
     "loads_graph",
     "op_names",

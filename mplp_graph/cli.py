@@ -7,6 +7,7 @@ Subcommands::
     mplp-graph draw FILE -o OUT   draw the topology (.png, .svg, .pdf or .dot)
     mplp-graph train CONFIG       meta-train from an experiment config (resumable)
     mplp-graph eval RUN_DIR       evaluate a trained run against Adam; JSON + plot
+    mplp-graph reference FILE     load a published learner file (--graph sinusoid|maml|mnist)
     mplp-graph demo               meta-train a small MPLP learner, compare it with Adam
     mplp-graph backprop           train the sinusoid net with the backprop protocol
 
@@ -171,6 +172,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+REFERENCE_GRAPHS = {
+    "sinusoid": dict(sizes=(1, 20, 20, 1)),
+    "maml": dict(sizes=(1, 20, 20, 1), learner="mlp"),
+    "mnist": dict(sizes=(144, 50, 10), activation="sigmoid", loss="ce", msg=4, hidden=7, sharing="layers"),
+}
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    """Load one of the authors' published learner files into the matching graph, check its layout,
+    and save the engine's parameters as an .npz (reference-notes 6)."""
+    import jax
+
+    import mplp_graph as mg
+    from mplp_graph.meta.run import save_params_file
+    from mplp_graph.templates.mplp import mplp_feedforward
+
+    if not os.path.isfile(args.file):
+        raise UserError(f"{args.file}: no such file")
+    prog = mg.compile_graph(mplp_feedforward(**REFERENCE_GRAPHS[args.graph]))
+    try:
+        params = mg.load_reference_learner(args.file, prog)
+    except (MplpGraphError, ValueError) as e:
+        raise UserError(str(e)) from None
+    n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    print(f"{args.file}: {n:,} numbers loaded into graph {prog.spec.name}")
+    for key, part in params.items():
+        if "norm" in part and "out_scale" in part["norm"]:
+            print(f"  {key:12s} out_scale {float(part['norm']['out_scale']):.4f}")
+    if args.output:
+        save_params_file(args.output, params)
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------
 # demo
 
@@ -330,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=None, help="override eval.runs")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("reference", help="load a published learner file into the engine", description=cmd_reference.__doc__.replace("\n", " "))
+    p.add_argument("file", metavar="FILE", help="a flat .npy file from the authors' savedmodels")
+    p.add_argument("--graph", choices=sorted(REFERENCE_GRAPHS), required=True, help="which published setup the file belongs to")
+    p.add_argument("-o", "--output", default=None, help="save the engine's parameters here (.npz)")
+    p.set_defaults(func=cmd_reference)
 
     p = sub.add_parser("demo", help="meta-train a small MPLP learner and compare it with Adam", description=cmd_demo.__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--meta-steps", type=int, default=150, help="meta-training steps (default 150)")

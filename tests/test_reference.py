@@ -62,3 +62,27 @@ def test_mismatched_files_are_refused_with_sizes(tmp_path):
     other = mg.compile_graph(mplp_feedforward((1, 20, 20, 1), msg=4))
     with pytest.raises(ReferenceFormatError, match="different graph"):
         load_reference_learner(WEIGHTS / "sinusoid_weights_00035869.npy", other)
+
+
+def test_one_step_with_the_mnist_learner_is_finite_and_moves_weights():
+    prog = mg.compile_graph(mplp_feedforward((144, 50, 10), "sigmoid", "ce", msg=4, hidden=7, sharing="layers"))
+    params = load_reference_learner(WEIGHTS / "mnist_weights_00005000.npy", prog)
+    state = prog.init(jax.random.PRNGKey(0), 8)
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(8, 144)).astype(np.float32), "y": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)]}
+    new, out = jax.jit(prog.step)(params, state, batch)
+    for g in ("W0", "W1"):
+        assert np.all(np.isfinite(new[g]["w"])) and np.all(np.isfinite(new[g]["carry"]))
+        assert float(np.abs(new[g]["w"] - state[g]["w"]).max()) > 1e-6
+    assert np.all(np.isfinite(out["loss"]))
+
+
+def test_cli_reference_command(tmp_path, capsys):
+    from mplp_graph.cli import main
+
+    out = tmp_path / "mnist.npz"
+    assert main(["reference", str(WEIGHTS / "mnist_weights_00005000.npy"), "--graph", "mnist", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "46,829 numbers loaded" in text and "1.1825" in text and out.exists()
+    assert main(["reference", str(WEIGHTS / "mnist_weights_00005000.npy"), "--graph", "sinusoid"]) == 2
+    assert "different graph" in capsys.readouterr().err
