@@ -53,7 +53,16 @@ def _run(fwd: Program, init: Any, update: Callable, net_of: Callable, d: dict[st
     return acc  # (steps,)
 
 
-def evaluate_mplp_mnist(prog: Program, fwd: Program, params: Any, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8) -> np.ndarray:
+def _in_chunks(fn: Callable, keys: Any, d: dict[str, np.ndarray], chunk: int | None) -> np.ndarray:
+    """``jit(vmap(fn))`` over runs, ``chunk`` runs at a time (big nets: bounded memory)."""
+    run = jax.jit(jax.vmap(fn))
+    n = keys.shape[0]
+    chunk = chunk or n
+    parts = [np.asarray(run(keys[i : i + chunk], {k: v[i : i + chunk] for k, v in d.items()})) for i in range(0, n, chunk)]
+    return np.concatenate(parts)
+
+
+def evaluate_mplp_mnist(prog: Program, fwd: Program, params: Any, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8, chunk: int | None = None) -> np.ndarray:
     """Accuracy after each step, ``(runs, steps)``, for the learned protocol ``params``."""
     d = protocol_data(data, key, runs, steps, batch)
     keys = jax.random.split(jax.random.fold_in(key, 1), runs)
@@ -67,7 +76,7 @@ def evaluate_mplp_mnist(prog: Program, fwd: Program, params: Any, data: dict[str
 
         return _run(fwd, carry, update, lambda c: agent_params(prog.spec, c), dr)
 
-    return np.asarray(jax.jit(jax.vmap(one))(keys, d))
+    return _in_chunks(one, keys, d, chunk)
 
 
 def evaluate_optax_mnist(fwd: Program, optimizer: optax.GradientTransformation, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8) -> np.ndarray:
