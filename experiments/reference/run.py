@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         "machine": f"2-core CPU, jax {jax.__version__}",
         "runs": args.runs,
         "parts": sorted(set(previous.get("parts", [])) | set(args.only)),
-        "runs_784": args.runs_784,
+        "runs_784": metrics.get("mnist_784_runs", args.runs_784),
         "wall_s": wall,
         "metrics": metrics,
         "curves": curves,
