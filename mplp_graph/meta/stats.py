@@ -63,8 +63,7 @@ def init_statistics(
     online = compile_graph(with_standardize(prog.spec, "online"))
     run = jax.jit(lambda p, prior, xt, yt: rollout_stats(online, p, prior, xt, yt))
     keys = norm_keys(prog)
-    params = jax.tree_util.tree_map(lambda x: x, params)  # copy the containers we mutate below
-    params = {k: dict(v) for k, v in params.items()}
+    params = {k: dict(v) for k, v in params.items()}  # new containers: the caller's stay untouched
     for j in range(rounds):
         prior, xt, yt = sample_round(jax.random.fold_in(key, j))
         side = run(params, prior, xt, yt)
