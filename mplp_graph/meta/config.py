@@ -27,10 +27,14 @@ class GraphConfig(_Strict):
 
 
 class TaskConfig(_Strict):
-    family: Literal["sinusoid"] = "sinusoid"
+    family: Literal["sinusoid", "mnist"] = "sinusoid"
     inner_steps: int = Field(5, ge=1)
     batch: int = Field(10, ge=1)
     cv_points: int = Field(50, ge=1)
+    # MNIST only: image side after the resize (12 as the paper, 28 = original) and the number of
+    # training images held out as the validation split (CV loss, model selection)
+    image_size: int = Field(12, ge=1, le=28)
+    validation: int = Field(5000, ge=1)
 
 
 class MetaConfig(_Strict):

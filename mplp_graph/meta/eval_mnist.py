@@ -10,6 +10,7 @@ over runs of the accuracy after the last step, in percent.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -53,21 +54,21 @@ def _run(fwd: Program, init: Any, update: Callable, net_of: Callable, d: dict[st
     return acc  # (steps,)
 
 
-def _in_chunks(fn: Callable, keys: Any, d: dict[str, np.ndarray], chunk: int | None) -> np.ndarray:
-    """``jit(vmap(fn))`` over runs, ``chunk`` runs at a time (big nets: bounded memory)."""
-    run = jax.jit(jax.vmap(fn))
+def _in_chunks(run: Callable, params: Any, keys: Any, d: dict[str, np.ndarray], chunk: int | None) -> np.ndarray:
+    """``run(params, keys, data)`` (a jitted vmap over runs), ``chunk`` runs at a time (big nets:
+    bounded memory)."""
     n = keys.shape[0]
     chunk = chunk or n
-    parts = [np.asarray(run(keys[i : i + chunk], {k: v[i : i + chunk] for k, v in d.items()})) for i in range(0, n, chunk)]
+    parts = [np.asarray(run(params, keys[i : i + chunk], {k: v[i : i + chunk] for k, v in d.items()})) for i in range(0, n, chunk)]
     return np.concatenate(parts)
 
 
-def evaluate_mplp_mnist(prog: Program, fwd: Program, params: Any, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8, chunk: int | None = None) -> np.ndarray:
-    """Accuracy after each step, ``(runs, steps)``, for the learned protocol ``params``."""
-    d = protocol_data(data, key, runs, steps, batch)
-    keys = jax.random.split(jax.random.fold_in(key, 1), runs)
+@functools.lru_cache(maxsize=16)
+def _mplp_runner(prog: Program, fwd: Program, batch: int) -> Callable:
+    """The jitted, run-vmapped protocol for ``prog`` (cached: learner parameters are an argument,
+    so evaluating several learners or checkpoints compiles once)."""
 
-    def one(k, dr):
+    def one(params, k, dr):
         net = agent_params(prog.spec, prog.init(k, 1))  # fresh random prior
         carry = prog.carry_of(with_agent_params(zeros_state(prog.spec, batch), net))
 
@@ -76,7 +77,14 @@ def evaluate_mplp_mnist(prog: Program, fwd: Program, params: Any, data: dict[str
 
         return _run(fwd, carry, update, lambda c: agent_params(prog.spec, c), dr)
 
-    return _in_chunks(one, keys, d, chunk)
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+
+
+def evaluate_mplp_mnist(prog: Program, fwd: Program, params: Any, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8, chunk: int | None = None) -> np.ndarray:
+    """Accuracy after each step, ``(runs, steps)``, for the learned protocol ``params``."""
+    d = protocol_data(data, key, runs, steps, batch)
+    keys = jax.random.split(jax.random.fold_in(key, 1), runs)
+    return _in_chunks(_mplp_runner(prog, fwd, batch), params, keys, d, chunk)
 
 
 def evaluate_optax_mnist(fwd: Program, optimizer: optax.GradientTransformation, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8) -> np.ndarray:

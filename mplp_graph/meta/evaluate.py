@@ -8,6 +8,7 @@ update i. Losses are mean ``0.5 (y - yhat)^2``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -52,12 +53,14 @@ def _protocol(fwd: Program, family: SinusoidFamily, task: dict, init: Any, updat
     return {"eval": jnp.concatenate([ev0[None], ev]), "train": tr, "pred": pred[:, 0], "x": xg[:, 0], "y": yg[:, 0]}
 
 
-def evaluate_mplp(prog: Program, fwd: Program, params: Any, family: SinusoidFamily, key: Any, runs: int = 100, prior: Any = None) -> dict:
-    """MPLP from fresh random priors (or ``prior``), ``runs`` runs vmapped in one jit."""
+@functools.lru_cache(maxsize=16)
+def _mplp_runner(prog: Program, fwd: Program, family: SinusoidFamily, learned_prior: bool) -> Callable:
+    """The jitted, run-vmapped protocol (cached; learner parameters and prior are arguments, so
+    evaluating several learners compiles once)."""
 
-    def one(k):
+    def one(params, prior, k):
         kp, kt = jax.random.split(k)
-        net = prior if prior is not None else agent_params(prog.spec, prog.init(kp, 1))
+        net = prior if learned_prior else agent_params(prog.spec, prog.init(kp, 1))
         task = family.sample(kt)
         state = prog.carry_of(with_agent_params(zeros_state(prog.spec, family.batch), net))
 
@@ -66,7 +69,13 @@ def evaluate_mplp(prog: Program, fwd: Program, params: Any, family: SinusoidFami
 
         return _protocol(fwd, family, task, state, update, lambda s: agent_params(prog.spec, s))
 
-    return jax.jit(jax.vmap(one))(jax.random.split(key, runs))
+    return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+
+
+def evaluate_mplp(prog: Program, fwd: Program, params: Any, family: SinusoidFamily, key: Any, runs: int = 100, prior: Any = None) -> dict:
+    """MPLP from fresh random priors (or ``prior``), ``runs`` runs vmapped in one jit."""
+    run = _mplp_runner(prog, fwd, family, prior is not None)
+    return run(params, prior, jax.random.split(key, runs))
 
 
 def evaluate_optax(fwd: Program, optimizer: optax.GradientTransformation, family: SinusoidFamily, key: Any, runs: int = 100) -> dict:

@@ -34,10 +34,26 @@ class Setup:
     config: ExperimentConfig
     prog: Program  # the net trained by the learned protocol
     fwd: Program  # the same net, forward only (baselines, evaluation)
-    family: SinusoidFamily
+    family: Any  # SinusoidFamily | MnistFamily
+    data: Any = None  # the family's arrays (MNIST: meta_splits), None for the sinusoid
+
+    def sample(self, key: Any) -> dict[str, Any]:
+        return self.family.sample(key) if self.data is None else self.family.sample(key, self.data)
 
 
-def build(config: ExperimentConfig) -> Setup:
+def load_mnist_splits(config: ExperimentConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(prepared, meta)``: the preprocessed data set (train/test, for evaluation) and the
+    meta-training arrays (train minus validation, validation) as device arrays."""
+    from mplp_graph.tasks.mnist import load_mnist, meta_splits, preprocess
+
+    t = config.task
+    prepared = preprocess(load_mnist(), t.image_size)
+    return prepared, {k: jnp.asarray(v) for k, v in meta_splits(prepared, t.validation).items()}
+
+
+def build(config: ExperimentConfig, *, data: Any = None) -> Setup:
+    """Programs and task family for ``config``. MNIST data are loaded unless ``data`` (the
+    arrays of :func:`mplp_graph.tasks.mnist.meta_splits`) is given."""
     g = config.graph
     spec = mplp_feedforward(
         g.sizes, g.activation, g.loss, learner=g.learner, msg=g.msg, hidden=g.hidden, sharing=g.sharing,
@@ -45,8 +61,15 @@ def build(config: ExperimentConfig) -> Setup:
     )
     fwd = feedforward(g.sizes, "relu" if g.activation == "step" else g.activation, g.loss, protocol="none")
     t = config.task
-    family = SinusoidFamily(inner_steps=t.inner_steps, batch=t.batch, cv_points=t.cv_points)
-    return Setup(config, compile_graph(spec), compile_graph(fwd), family)
+    if t.family == "mnist":
+        from mplp_graph.tasks.mnist import MnistFamily
+
+        if data is None:
+            data = load_mnist_splits(config)[1]
+        family = MnistFamily(inner_steps=t.inner_steps, batch=t.batch, cv_points=t.cv_points)
+    else:
+        family = SinusoidFamily(inner_steps=t.inner_steps, batch=t.batch, cv_points=t.cv_points)
+    return Setup(config, compile_graph(spec), compile_graph(fwd), family, data)
 
 
 def initial_params(setup: Setup) -> Any:
@@ -57,7 +80,7 @@ def initial_params(setup: Setup) -> Any:
 
     def sample_round(k):
         kp, kt = jax.random.split(k)
-        task = setup.family.sample(kt)
+        task = setup.sample(kt)
         return agent_params(setup.prog.spec, setup.prog.init(kp, 1)), task["xt"], task["yt"]
 
     if m.stats_rounds:
@@ -77,13 +100,18 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = True,
     setup = build(config)
     m = config.meta
     params = initial_params(setup)
-    step_fn = MetaStep(setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight), m.outer_batch, optimizer(config))
+    step_fn = meta_step(setup)
     pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)
     return meta_train(
         step_fn, params, trainable_mask(params), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
         checkpoint_every=m.checkpoint_every, resume=resume, progress=progress,
-        meta={"experiment": config.experiment},
+        meta={"experiment": config.experiment}, data=setup.data,
     )
+
+
+def meta_step(setup: Setup) -> MetaStep:
+    m = setup.config.meta
+    return MetaStep(setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight), m.outer_batch, optimizer(setup.config))
 
 
 def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:

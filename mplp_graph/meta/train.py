@@ -56,12 +56,16 @@ class MetaStep:
         losses, parts = jax.vmap(lambda pr, t: task_loss(self.prog, self.objective, params, pr, t))(priors, tasks)
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
 
-    def __call__(self, params: Any, opt_state: Any, mask: Any, pool: Any, key: Any):
+    def __call__(self, params: Any, opt_state: Any, mask: Any, pool: Any, key: Any, data: Any = None):
+        """One meta-step. ``data``: the task family's arrays (e.g. MNIST images), passed as an
+        argument rather than closed over so that they are not baked into the compiled program;
+        ``sample_task(key, data)`` is called when it is given, ``sample_task(key)`` otherwise."""
         k_pool, k_task = jax.random.split(key)
         n_pool = jax.tree_util.tree_leaves(pool)[0].shape[0]
         idx = jax.random.choice(k_pool, n_pool, (self.outer_batch,), replace=False)  # distinct priors
         priors = jax.tree_util.tree_map(lambda a: a[idx], pool)
-        tasks = jax.vmap(self.sample_task)(jax.random.split(k_task, self.outer_batch))
+        sample = self.sample_task if data is None else (lambda k: self.sample_task(k, data))
+        tasks = jax.vmap(sample)(jax.random.split(k_task, self.outer_batch))
         (loss, parts), grads = jax.value_and_grad(self.batch_loss, has_aux=True)(params, priors, tasks)
         grads = normalize_per_leaf(jax.tree_util.tree_map(jnp.multiply, grads, mask))
         finite = jnp.isfinite(loss) & jnp.all(
@@ -96,6 +100,7 @@ def meta_train(
     resume: bool = True,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
+    data: Any = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Run ``steps`` meta-steps, writing ``metrics.jsonl`` and checkpoints to ``run_dir``.
 
@@ -122,7 +127,7 @@ def meta_train(
         bar = tqdm(total=steps, initial=start, desc="meta-train", mininterval=2.0)
     t_last = time.perf_counter()
     for s in range(start, steps):
-        params, opt_state, m = jstep(params, opt_state, mask, pool, jax.random.fold_in(key, s))
+        params, opt_state, m = jstep(params, opt_state, mask, pool, jax.random.fold_in(key, s), data)
         m = {k: float(v) for k, v in m.items()}
         now = time.perf_counter()
         row = {"step": s + 1, "loss": m["loss"], "hint": m["hint"], "cv": m["cv"], "step_s": now - t_last}

@@ -15,8 +15,11 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
 
 from mplp_graph.errors import MplpGraphError
@@ -154,3 +157,41 @@ def preprocess(data: dict[str, np.ndarray], size: int | None = 12) -> dict[str, 
         out[f"{split}_y"] = np.eye(10, dtype=np.float32)[data[f"{split}_labels"].astype(int)]
     out["mean"], out["std"] = np.float32(mean), np.float32(std)
     return out
+
+
+def meta_splits(prepared: dict[str, np.ndarray], validation: int = 5_000) -> dict[str, np.ndarray]:
+    """Meta-training arrays: the training set minus its last ``validation`` images (``train_*``)
+    and those held-out images (``val_*``), used for the CV loss and for model selection. The test
+    set is kept out: it is for the final evaluation only."""
+    n = prepared["train_x"].shape[0]
+    if not 0 < validation < n:
+        raise ValueError(f"validation must be in (0, {n}), got {validation}")
+    cut = n - validation
+    return {
+        "train_x": prepared["train_x"][:cut], "train_y": prepared["train_y"][:cut],
+        "val_x": prepared["train_x"][cut:], "val_y": prepared["train_y"][cut:],
+    }
+
+
+@dataclass(frozen=True)
+class MnistFamily:
+    """MNIST meta-training tasks (reference-notes 5.5). A task is a block of
+    ``inner_steps * batch`` consecutive training images (one batch per inner step), starting at a
+    random multiple of the block size, as the reference's cached ``batch(8).batch(20)`` blocks;
+    its CV set is ``cv_points`` consecutive images of the validation split (the reference used 8
+    training images). ``sample(key, data)`` takes the arrays of :func:`meta_splits`."""
+
+    inner_steps: int = 20
+    batch: int = 8
+    cv_points: int = 8
+
+    def sample(self, key: Any, data: dict[str, Any]) -> dict[str, Any]:
+        kt, ke = jax.random.split(key)
+        block = self.inner_steps * self.batch
+        n_blocks = data["train_x"].shape[0] // block
+        start = jax.random.randint(kt, (), 0, n_blocks) * block
+        take = lambda a, s, n: jax.lax.dynamic_slice_in_dim(a, s, n)  # noqa: E731
+        xt = take(data["train_x"], start, block).reshape(self.inner_steps, self.batch, -1)
+        yt = take(data["train_y"], start, block).reshape(self.inner_steps, self.batch, -1)
+        cv_start = jax.random.randint(ke, (), 0, data["val_x"].shape[0] - self.cv_points + 1)
+        return {"xt": xt, "yt": yt, "xe": take(data["val_x"], cv_start, self.cv_points), "ye": take(data["val_y"], cv_start, self.cv_points)}

@@ -1,0 +1,85 @@
+"""Benchmark: the 100-run evaluation protocols (reference-notes 5.6), each vmapped in one jit.
+
+Times the first call (trace + compile + run) and the median of ``--reps`` later calls for the
+MNIST (144,50,10) protocol (20 steps, batch 8, accuracy on 100 test images after each step) and
+the sinusoid protocol (5 steps, batch 10), with a learner whose standardizers come from an init
+rollout (the timing does not depend on the learner's values).
+
+    python benchmarks/eval_bench.py [--runs 100] [--reps 3] [--out benchmarks/results/eval_bench.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import yaml
+
+from mplp_graph.meta.checkpoint import atomic_write_json
+from mplp_graph.meta.config import ExperimentConfig
+from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
+from mplp_graph.meta.evaluate import evaluate_mplp
+from mplp_graph.meta.run import build, initial_params, load_mnist_splits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, reps):
+    t0 = time.perf_counter()
+    out = fn()
+    jax.block_until_ready(out)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times), out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "eval_bench.json")
+    ap.add_argument("--note", default="")
+    args = ap.parse_args(argv)
+    rows = {}
+    for name in ("mnist", "sinusoid"):
+        config = ExperimentConfig.model_validate(yaml.safe_load((ROOT / "experiments" / name / "config.yaml").read_text()))
+        config = config.model_copy(update={"meta": config.meta.model_copy(update={"stats_rounds": 1})})
+        key = jax.random.PRNGKey(0)
+        if name == "mnist":
+            prepared, meta = load_mnist_splits(config)
+            setup = build(config, data=meta)
+            params = initial_params(setup)
+            fn = lambda: evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, args.runs)  # noqa: E731
+        else:
+            setup = build(config)
+            params = initial_params(setup)
+            fn = lambda: evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, args.runs)["eval"]  # noqa: E731
+        first, median, out = timed(fn, args.reps)
+        rows[name] = {"runs": args.runs, "first_call_s": round(first, 3), "median_s": round(median, 4), "finite": bool(np.all(np.isfinite(np.asarray(out))))}
+        print(name, rows[name], flush=True)
+    doc = {
+        "benchmark": "eval_bench",
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, jax {jax.__version__}",
+        "note": args.note,
+        "results": rows,
+    }
+    atomic_write_json(args.out, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

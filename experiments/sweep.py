@@ -1,0 +1,90 @@
+"""Meta-train K runs of one experiment config together (seeds x learning-rate multipliers), as one
+vmapped program (:mod:`mplp_graph.meta.sweep`).
+
+    python experiments/sweep.py --config experiments/sinusoid/config.yaml --run-dir runs/sin_sweep \\
+        --seeds 0 1 2 3 --lr-mults 1 1 3 3 --steps 40000 --time-budget 3600
+
+Run ``i`` uses ``meta.seed = seeds[i]`` and the learning rate ``meta.lr * lr_mults[i]``. Resumable
+(checkpoints in ``--run-dir``); ``--time-budget`` (seconds) stops early with a checkpoint.
+Pick and evaluate a run afterwards with ``experiments/<name>/run.py --from-sweep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import yaml
+
+from mplp_graph.cache import enable_compilation_cache
+from mplp_graph.meta.checkpoint import atomic_write_bytes
+from mplp_graph.meta.config import ExperimentConfig
+from mplp_graph.meta.run import build, initial_params, meta_step
+from mplp_graph.meta.sweep import meta_train_sweep, stack
+from mplp_graph.meta.train import make_pool, trainable_mask
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--lr-mults", type=float, nargs="+", help="one per seed (default: all 1)")
+    ap.add_argument("--steps", type=int, help="override meta.steps")
+    ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values, e.g. meta.outer_batch=4")
+    ap.add_argument("--time-budget", type=float, help="seconds of training before stopping (with a checkpoint)")
+    ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    enable_compilation_cache()
+    raw = yaml.safe_load(Path(args.config).read_text())
+    if args.steps is not None:
+        raw.setdefault("meta", {})["steps"] = args.steps
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    config = ExperimentConfig.model_validate(raw)
+    mults = args.lr_mults or [1.0] * len(args.seeds)
+    if len(mults) != len(args.seeds):
+        ap.error(f"--lr-mults has {len(mults)} values for {len(args.seeds)} seeds")
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
+    command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
+    sweep_doc = {"seeds": args.seeds, "lr_mults": mults, "command": command, "device": str(jax.devices()[0])}
+    atomic_write_bytes(run_dir / "sweep.json", json.dumps(sweep_doc, indent=1).encode())
+
+    t0 = time.perf_counter()
+    setup = build(config)
+    runs = []
+    for seed in args.seeds:
+        cfg = config.model_copy(update={"meta": config.meta.model_copy(update={"seed": seed})})
+        runs.append(initial_params(dataclasses.replace(setup, config=cfg)))
+    params = stack(runs)
+    m = config.meta
+    pools = stack([make_pool(setup.prog, jax.random.PRNGKey(s + 1), m.pool) for s in args.seeds])
+    keys = stack([jax.random.PRNGKey(s + 2) for s in args.seeds])
+    mask = trainable_mask(runs[0])
+    print(f"setup {time.perf_counter() - t0:.1f} s; {len(args.seeds)} runs on {jax.devices()[0]}", flush=True)
+    t1 = time.perf_counter()
+    _, done, history = meta_train_sweep(
+        meta_step(setup), params, mask, pools, keys, mults, m.steps, run_dir, data=setup.data,
+        time_budget=args.time_budget, checkpoint_every=m.checkpoint_every, log_every=args.log_every,
+        progress=not args.no_progress, meta={"experiment": config.experiment, **sweep_doc},
+    )
+    wall = time.perf_counter() - t1
+    last = history[-1] if history else {}
+    sweep_doc.update({"steps_done": done, "train_wall_s": round(wall, 1), "last": last})
+    atomic_write_bytes(run_dir / "sweep.json", json.dumps(sweep_doc, indent=1).encode())
+    print(json.dumps({"steps_done": done, "train_wall_s": round(wall, 1), "last_loss": last.get("loss"), "step_s": last.get("step_s")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
