@@ -26,7 +26,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
-DOC_PAGES = ("docs/custom-graph.md",)
+DOC_PAGES = ("docs/api.md", "docs/custom-graph.md")
 TIMEOUT_S = 600  # a cold compilation cache on a loaded 2-core machine; warm runs take seconds
 MARK = "@@@ end of block {} @@@"
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
@@ -135,9 +135,26 @@ class Block:
     code: str
     line: int  # 1-based line of the opening fence in the page
     expected: str | None  # the ```text block right after it, if any
+    needs: tuple[str, ...] = ()  # words after the language: needs-mnist, needs-weights
 
 
-FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+FENCE = re.compile(r"^```([\w-]*)([^\n]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+SHARED = REPO.parent / "shared"  # the published weights live in ../shared/reference-weights
+WEIGHTS = SHARED / "reference-weights"
+
+
+def missing_requirements() -> set[str]:
+    """The ``needs-*`` tags whose requirement this machine lacks."""
+    from mplp_graph.tasks.mnist import DataError, load_mnist
+
+    missing = set()
+    try:
+        load_mnist()
+    except DataError:
+        missing.add("needs-mnist")
+    if not (WEIGHTS / "sinusoid_weights_00035869.npy").exists():
+        missing.add("needs-weights")
+    return missing
 
 
 def doc_blocks(text: str) -> list[Block]:
@@ -150,8 +167,9 @@ def doc_blocks(text: str) -> list[Block]:
         expected = None
         nxt = fences[k + 1] if k + 1 < len(fences) else None
         if nxt is not None and nxt.group(1) == "text" and not text[m.end() : nxt.start()].strip():
-            expected = nxt.group(2)
-        blocks.append(Block(m.group(1), m.group(2), text.count("\n", 0, m.start()) + 1, expected))
+            expected = nxt.group(3)
+        needs = tuple(m.group(2).split())
+        blocks.append(Block(m.group(1), m.group(3), text.count("\n", 0, m.start()) + 1, expected, needs))
     return blocks
 
 
@@ -175,13 +193,18 @@ def _driver_source() -> str:
     )
 
 
-def run_page(page: str, workdir: Path) -> tuple[list[Block], list[str], subprocess.CompletedProcess]:
-    """Run every block of ``page`` in ``workdir``; returns the blocks, each block's output and
-    the process (its stderr holds a traceback naming ``page:line`` if a block raised)."""
-    blocks = doc_blocks((REPO / page).read_text())
-    for name in ("graphs", "examples"):
-        if not (workdir / name).exists():
-            (workdir / name).symlink_to(REPO / name)
+def run_page(page: str, tmp: Path, skip: set[str]) -> tuple[list[Block], list[str], subprocess.CompletedProcess]:
+    """Run the blocks of ``page`` (but those tagged with a word in ``skip``) in a folder under
+    ``tmp`` laid out like the repository (``graphs``, ``examples``, and ``../shared``); returns
+    the blocks run, each block's output, and the process (its stderr holds a traceback naming
+    ``page:line`` if a block raised)."""
+    blocks = [b for b in doc_blocks((REPO / page).read_text()) if not set(b.needs) & skip]
+    workdir = tmp / "repo"
+    workdir.mkdir(exist_ok=True)
+    links = {workdir / "graphs": REPO / "graphs", workdir / "examples": EXAMPLES, tmp / "shared": SHARED}
+    for link, target in links.items():
+        if not link.exists() and target.exists():
+            link.symlink_to(target)
     spec = workdir / "_blocks.json"
     spec.write_text(json.dumps([{"lang": b.lang, "code": b.code, "line": b.line, "page": page} for b in blocks]))
     driver = workdir / "_driver.py"
@@ -240,7 +263,7 @@ def output_matches(expected: str, actual: str) -> bool:
 
 @pytest.mark.parametrize("page", DOC_PAGES)
 def test_doc_code_blocks_run_and_print_what_the_page_says(page, tmp_path):
-    blocks, outputs, proc = run_page(page, tmp_path)
+    blocks, outputs, proc = run_page(page, tmp_path, missing_requirements())
     assert blocks, f"{page} has no code blocks"
     assert proc.returncode == 0 and len(outputs) == len(blocks), (
         f"{page}: block {len(outputs) + 1} of {len(blocks)} failed (at line {blocks[len(outputs)].line if len(outputs) < len(blocks) else '?'})\n"
@@ -258,7 +281,7 @@ def test_doc_code_blocks_run_and_print_what_the_page_says(page, tmp_path):
 def test_custom_graph_page_shows_the_example_file():
     """docs/custom-graph.md shows examples/custom_graph.yaml in full, as it is."""
     text = (REPO / "docs" / "custom-graph.md").read_text()
-    yaml_blocks = [m.group(2) for m in FENCE.finditer(text) if m.group(1) == "yaml"]
+    yaml_blocks = [m.group(3) for m in FENCE.finditer(text) if m.group(1) == "yaml"]
     assert (EXAMPLES / "custom_graph.yaml").read_text() in yaml_blocks
 
 
@@ -271,5 +294,13 @@ def test_output_matching_rules():
     assert not output_matches("a\nd\n", "a\nb\nc\nd\n")
     assert output_matches("...\nc\n...\n", "a\nb\nc\nd\n")
     assert not output_matches("a\n...\nx\n", "a\nb\nc\nd\n")
-    blocks = doc_blocks("```python\nprint(1)\n```\n\n```text\n1\n```\n\n```python\nx = 2\n```\ntext\n```text\n2\n```\n")
-    assert [(b.lang, b.expected) for b in blocks] == [("python", "1\n"), ("python", None)]
+    blocks = doc_blocks("```python\nprint(1)\n```\n\n```text\n1\n```\n\n```python needs-mnist\nx = 2\n```\ntext\n```text\n2\n```\n")
+    assert [(b.lang, b.expected, b.needs) for b in blocks] == [("python", "1\n", ()), ("python", None, ("needs-mnist",))]
+
+
+def test_api_page_lists_every_public_name():
+    import mplp_graph as mg
+
+    text = (REPO / "docs" / "api.md").read_text()
+    missing = [name for name in mg.__all__ if f"mg.{name}" not in text]
+    assert not missing, f"docs/api.md does not document {missing}"
