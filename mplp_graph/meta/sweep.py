@@ -141,3 +141,17 @@ def meta_train_sweep(
     if bar is not None:
         bar.close()
     return params, s, history
+
+
+def load_stacked_params(template: Any, path: str | Path) -> Any:
+    """The stacked learner parameters of ``params.npz`` (leading axis = run), checked against
+    ``template`` (one run's parameter tree, e.g. ``prog.init_params(key)``)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    with np.load(path, allow_pickle=False) as data:
+        out = []
+        for p, v in leaves:
+            key = jax.tree_util.keystr(p)
+            if key not in data or data[key].shape[1:] != v.shape:
+                raise ValueError(f"{path}: no array {key} of shape (runs, *{v.shape}); the file was saved for another graph")
+            out.append(jnp.asarray(data[key]))
+    return jax.tree_util.tree_unflatten(treedef, out)
