@@ -177,6 +177,8 @@ def _driver_source() -> str:
     return "\n".join(
         [
             "import json, subprocess, sys",
+            "from mplp_graph.cache import enable_compilation_cache",
+            "enable_compilation_cache()  # as the test session does (tests/conftest.py)",
             "blocks = json.load(open(sys.argv[1]))",
             "ns = {'__name__': '__doc__'}",
             "for k, b in enumerate(blocks):",
