@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import statistics
 import sys
@@ -61,11 +60,11 @@ def main(argv=None) -> int:
             prepared, meta = load_mnist_splits(config)
             setup = build(config, data=meta)
             params = initial_params(setup)
-            fn = lambda: evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, args.runs)  # noqa: E731
+            fn = lambda setup=setup, params=params, prepared=prepared, key=key: evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, args.runs)
         else:
             setup = build(config)
             params = initial_params(setup)
-            fn = lambda: evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, args.runs)["eval"]  # noqa: E731
+            fn = lambda setup=setup, params=params, key=key: evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, args.runs)["eval"]
         first, median, out = timed(fn, args.reps)
         rows[name] = {"runs": args.runs, "first_call_s": round(first, 3), "median_s": round(median, 4), "finite": bool(np.all(np.isfinite(np.asarray(out))))}
         print(name, rows[name], flush=True)

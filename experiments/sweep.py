@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import yaml
 
 from mplp_graph.cache import enable_compilation_cache
@@ -38,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="override meta.steps")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values, e.g. meta.outer_batch=4")
     ap.add_argument("--time-budget", type=float, help="seconds of training before stopping (with a checkpoint)")
+    ap.add_argument("--init-params", type=Path, help="start from the learners of another sweep's params.npz (fresh optimizer state)")
+    ap.add_argument("--init-runs", type=int, nargs="+", help="which runs of --init-params, one per seed")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -67,6 +70,15 @@ def main(argv=None) -> int:
         cfg = config.model_copy(update={"meta": config.meta.model_copy(update={"seed": seed})})
         runs.append(initial_params(dataclasses.replace(setup, config=cfg)))
     params = stack(runs)
+    if args.init_params is not None:
+        from mplp_graph.meta.sweep import load_stacked_params
+
+        picked = args.init_runs or list(range(len(args.seeds)))
+        if len(picked) != len(args.seeds):
+            ap.error(f"--init-runs has {len(picked)} values for {len(args.seeds)} seeds")
+        loaded = load_stacked_params(runs[0], args.init_params)
+        params = jax.tree_util.tree_map(lambda a: a[jnp.asarray(picked)], loaded)
+        sweep_doc["init_params"] = {"file": str(args.init_params), "runs": picked}
     m = config.meta
     pools = stack([make_pool(setup.prog, jax.random.PRNGKey(s + 1), m.pool) for s in args.seeds])
     keys = stack([jax.random.PRNGKey(s + 2) for s in args.seeds])

@@ -26,7 +26,14 @@ from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.meta.checkpoint import atomic_write_json
 from mplp_graph.meta.config import ExperimentConfig
 from mplp_graph.meta.evaluate import evaluate_mplp
-from mplp_graph.meta.run import build, evaluate, load_trained, save_params_file, train, write_results
+from mplp_graph.meta.run import (
+    build,
+    evaluate,
+    load_trained,
+    save_params_file,
+    train,
+    write_results,
+)
 from mplp_graph.meta.sweep import load_stacked_params, unstack
 
 HERE = Path(__file__).resolve().parent
@@ -71,7 +78,7 @@ def plot_sweep(metrics: Path, runs: list, best: int, path: Path) -> None:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     steps = np.array([r["step"] for r in rows])
     loss = np.array([r["loss"] for r in rows])  # (logged steps, runs)
-    width = 10
+    width = max(1, min(10, len(rows)))  # running mean over up to 10 logged points
     kernel = np.ones(width) / width
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, r in enumerate(runs):

@@ -11,7 +11,8 @@ over runs of the accuracy after the last step, in percent.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,8 @@ update i. Losses are mean ``0.5 (y - yhat)^2``.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -17,7 +17,12 @@ import optax
 import yaml
 
 from mplp_graph.compile.pipeline import Program, compile_graph
-from mplp_graph.meta.checkpoint import atomic_write_bytes, atomic_write_json, latest_checkpoint, load_checkpoint
+from mplp_graph.meta.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from mplp_graph.meta.config import ExperimentConfig
 from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax
 from mplp_graph.meta.objectives import MetaLoss

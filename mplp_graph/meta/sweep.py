@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mplp_graph.meta.checkpoint import atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
+from mplp_graph.meta.checkpoint import (
+    atomic_write_bytes,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mplp_graph.meta.train import MetaStep
 
 

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from mplp_graph.compile.pipeline import Program
-from mplp_graph.meta.checkpoint import atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
+from mplp_graph.meta.checkpoint import (
+    atomic_write_bytes,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mplp_graph.meta.objectives import MetaLoss, task_loss
 from mplp_graph.runtime.state import agent_params
 

@@ -190,7 +190,7 @@ class MnistFamily:
         block = self.inner_steps * self.batch
         n_blocks = data["train_x"].shape[0] // block
         start = jax.random.randint(kt, (), 0, n_blocks) * block
-        take = lambda a, s, n: jax.lax.dynamic_slice_in_dim(a, s, n)  # noqa: E731
+        take = lambda a, s, n: jax.lax.dynamic_slice_in_dim(a, s, n)
         xt = take(data["train_x"], start, block).reshape(self.inner_steps, self.batch, -1)
         yt = take(data["train_y"], start, block).reshape(self.inner_steps, self.batch, -1)
         cv_start = jax.random.randint(ke, (), 0, data["val_x"].shape[0] - self.cv_points + 1)
