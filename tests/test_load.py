@@ -205,6 +205,17 @@ def test_graph_file_equals_template(file, sizes, activation, loss):
     assert spec == mg.feedforward(sizes, activation, loss, lr=0.1, name=file)
 
 
+def test_mplp_graph_file_equals_template():
+    """The learned-protocol graph in YAML is the MPLP template's graph, and the published
+    sinusoid learner's parameter tree fits it (115,081 numbers)."""
+    from mplp_graph.learners.nets import param_count
+    from mplp_graph.templates.mplp import mplp_feedforward
+
+    spec = mg.load_graph(ROOT / "graphs" / "sinusoid_mplp.yaml")
+    assert spec == mplp_feedforward((1, 20, 20, 1), name="sinusoid_mplp")
+    assert param_count(mg.compile_graph(spec).init_params(jax.random.PRNGKey(0))) == 115_081
+
+
 def test_skip_mlp_step_is_sgd():
     """One step of skip_mlp.yaml is one SGD step on pred = relu(x W0 + b0) W1 + x Ws + b1."""
     prog = mg.compile_graph(mg.load_graph(ROOT / "graphs" / "skip_mlp.yaml"))
