@@ -91,9 +91,9 @@ def test_sgd_step_matches_hand_written_net(fwd):
         return jnp.mean(0.5 * (y - (jax.nn.relu(x @ w0 + b0) @ w1 + b1)) ** 2)
 
     ws = (prior["W0"]["w"], prior["b0"]["b"], prior["W1"]["w"], prior["b1"]["b"])
-    np.testing.assert_allclose(net_loss(fwd, prior, x, y), loss(ws), rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(net_loss, static_argnums=0)(fwd, prior, x, y), loss(ws), rtol=1e-6)
     want = [w - 0.05 * g for w, g in zip(ws, jax.grad(loss)(ws))]
-    got = sgd_step(fwd, prior, x, y, 0.05)
+    got = jax.jit(sgd_step, static_argnums=(0, 4))(fwd, prior, x, y, 0.05)
     for w, (grp, fld) in zip(want, (("W0", "w"), ("b0", "b"), ("W1", "w"), ("b1", "b"))):
         np.testing.assert_allclose(got[grp][fld], w, rtol=1e-5, atol=1e-7)
 
@@ -103,16 +103,16 @@ def test_first_and_second_order_maml_differ(fwd):
     tasks = jax.vmap(FAMILY.sample)(jax.random.split(KEY, 2))
     so = MamlStep(fwd, FAMILY.sample, 2, adam(1e-3))
     fo = MamlStep(fwd, FAMILY.sample, 2, adam(1e-3), first_order=True)
-    g_so = jax.grad(so.batch_loss)(prior, tasks)
-    g_fo = jax.grad(fo.batch_loss)(prior, tasks)
-    np.testing.assert_allclose(so.batch_loss(prior, tasks), fo.batch_loss(prior, tasks), rtol=1e-6)  # same forward
+    g_so = jax.jit(jax.grad(so.batch_loss))(prior, tasks)
+    g_fo = jax.jit(jax.grad(fo.batch_loss))(prior, tasks)
+    np.testing.assert_allclose(jax.jit(so.batch_loss)(prior, tasks), jax.jit(fo.batch_loss)(prior, tasks), rtol=1e-6)  # same forward
 
     # first order = the CV gradient taken at the adapted parameters, averaged over tasks
     def cv_grad_at_adapted(task):
         net = maml_adapt(fwd, prior, task["xt"], task["yt"])
         return jax.grad(net_loss, argnums=1)(fwd, net, task["xe"], task["ye"])
 
-    want = jax.tree_util.tree_map(lambda a: a.mean(0), jax.vmap(cv_grad_at_adapted)(tasks))
+    want = jax.tree_util.tree_map(lambda a: a.mean(0), jax.jit(jax.vmap(cv_grad_at_adapted))(tasks))
     for a, b in zip(jax.tree_util.tree_leaves(g_fo), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
     diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(g_so), jax.tree_util.tree_leaves(g_fo)))
