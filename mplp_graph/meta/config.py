@@ -50,6 +50,7 @@ class MetaConfig(_Strict):
     stats_mix: float = Field(1.0, ge=0, le=1)
     seed: int = 0
     checkpoint_every: int = Field(500, ge=1)
+    shard_tasks: bool = False  # split the outer batch over all devices (mplp_graph.meta.shard)
 
 
 class EvalConfig(_Strict):

@@ -107,6 +107,10 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = True,
     params = initial_params(setup)
     step_fn = meta_step(setup)
     pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)
+    if step_fn.mesh is not None:
+        from mplp_graph.meta.shard import replicate
+
+        params, pool = replicate(step_fn.mesh, (params, pool))
     return meta_train(
         step_fn, params, trainable_mask(params), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
         checkpoint_every=m.checkpoint_every, resume=resume, progress=progress,
@@ -116,7 +120,12 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = True,
 
 def meta_step(setup: Setup) -> MetaStep:
     m = setup.config.meta
-    return MetaStep(setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight), m.outer_batch, optimizer(setup.config))
+    mesh = None
+    if m.shard_tasks:
+        from mplp_graph.meta.shard import task_mesh
+
+        mesh = task_mesh()
+    return MetaStep(setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight), m.outer_batch, optimizer(setup.config), mesh)
 
 
 def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:

@@ -57,6 +57,7 @@ class MetaStep:
     objective: MetaLoss
     outer_batch: int
     optimizer: optax.GradientTransformation
+    mesh: Any = None  # a jax.sharding.Mesh with a "tasks" axis: the outer batch is split over its devices
 
     def batch_loss(self, params: Any, priors: Any, tasks: dict[str, Any]) -> tuple[Any, dict]:
         losses, parts = jax.vmap(lambda pr, t: task_loss(self.prog, self.objective, params, pr, t))(priors, tasks)
@@ -72,6 +73,10 @@ class MetaStep:
         priors = jax.tree_util.tree_map(lambda a: a[idx], pool)
         sample = self.sample_task if data is None else (lambda k: self.sample_task(k, data))
         tasks = jax.vmap(sample)(jax.random.split(k_task, self.outer_batch))
+        if self.mesh is not None:  # tasks and their priors live on different devices; params are replicated
+            from mplp_graph.meta.shard import shard_tasks
+
+            priors, tasks = shard_tasks(self.mesh, (priors, tasks))
         (loss, parts), grads = jax.value_and_grad(self.batch_loss, has_aux=True)(params, priors, tasks)
         grads = normalize_per_leaf(jax.tree_util.tree_map(jnp.multiply, grads, mask))
         finite = jnp.isfinite(loss) & jnp.all(
