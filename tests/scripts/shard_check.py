@@ -1,5 +1,6 @@
 """Run by tests/test_shard.py in a subprocess: XLA_FLAGS must be set before JAX starts."""
 import os
+
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import json
 
@@ -8,10 +9,11 @@ import jax.numpy as jnp
 
 import mplp_graph as mg
 from mplp_graph.meta.objectives import MetaLoss
-from mplp_graph.meta.shard import task_mesh, replicate
+from mplp_graph.meta.shard import replicate, task_mesh
 from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
+
 fam = SinusoidFamily(inner_steps=2, batch=4, cv_points=6)
 prog = mg.compile_graph(mplp_feedforward((1, 4, 1), msg=2, hidden=3))
 params = prog.init_params(jax.random.PRNGKey(0))
@@ -33,11 +35,11 @@ print(json.dumps({"devices": len(jax.devices()), "loss_plain": float(a[2]["loss"
                   "max_param_diff": err, "max_param_move": moved, "all_reduces": hlo.count("all-reduce("), "param_device_sets": len(shardings)}))
 
 # end to end: a sharded config trains (2 steps) and checkpoints
-import sys  # noqa: E402
-import tempfile  # noqa: E402
+import sys
+import tempfile
 
-from mplp_graph.meta.config import ExperimentConfig  # noqa: E402
-from mplp_graph.meta.run import train  # noqa: E402
+from mplp_graph.meta.config import ExperimentConfig
+from mplp_graph.meta.run import train
 
 cfg = ExperimentConfig.model_validate({
     "graph": {"sizes": [1, 4, 1], "msg": 2, "hidden": 3},
