@@ -28,8 +28,8 @@ from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
 from mplp_graph.templates.mplp import mplp_feedforward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine_line  # noqa: E402
-from meta_step_bench import RandomClassFamily  # noqa: E402
+from bench_common import machine_line
+from meta_step_bench import RandomClassFamily
 
 ROOT = Path(__file__).resolve().parents[1]
 
