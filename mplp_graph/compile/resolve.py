@@ -8,6 +8,7 @@ one feature axis of size 1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,13 +84,15 @@ def resolve_share(a: ArrowSpec, op: Op) -> str | tuple[tuple[str, str], ...] | N
 def _connectivity(graph: GraphSpec, a: ArrowSpec) -> Connectivity:
     src_shape, dst_shape = graph.groups[a.src].shape, graph.groups[a.dst].shape
     if a.edges is not None:
-        edges = np.asarray(a.edges, dtype=np.int64).reshape(-1, 2)
-        n_src, n_dst = int(np.prod(src_shape)), int(np.prod(dst_shape))
-        for k, (s, d) in enumerate(edges):
+        # checked as Python ints, before any conversion: an index or a shape beyond int64 must be
+        # an "out of range" message, not an OverflowError
+        n_src, n_dst = math.prod(src_shape), math.prod(dst_shape)
+        for k, (s, d) in enumerate(a.edges):
             if not 0 <= s < n_src:
                 raise ResolveError(f"edges[{k}]", f"source agent {s} is out of range: group {a.src!r} has {n_src} agents (flat indices 0..{n_src - 1})")
             if not 0 <= d < n_dst:
                 raise ResolveError(f"edges[{k}]", f"destination agent {d} is out of range: group {a.dst!r} has {n_dst} agents (flat indices 0..{n_dst - 1})")
+        edges = np.asarray(a.edges, dtype=np.int64).reshape(-1, 2)
         return Connectivity(None, {}, edges.astype(np.int32))
     text = a.map
     if text is None:

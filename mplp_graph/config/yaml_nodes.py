@@ -13,6 +13,10 @@ from mplp_graph.errors import GraphSpecError, Location
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_NODES = 1_000_000  # values after alias expansion ("billion laughs" documents)
+# Nesting depth of lists and mappings, in the text and after alias expansion. A graph needs
+# about 6 levels; the limit keeps the recursive composer and builder far from Python's stack
+# limit (an alias chain &a1 [*a0], &a2 [*a1], ... is shallow in the text but deep once expanded).
+MAX_DEPTH = 100
 
 _YAML = "tag:yaml.org,2002:"
 _PLAIN_SCALARS = {_YAML + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
@@ -27,6 +31,11 @@ MSG_TAG = (
 )
 MSG_CYCLE = "cyclic alias: the value of anchor &{anchor} contains itself (through *{anchor}); a graph cannot refer to itself, so copy the value instead"
 MSG_DUP = "duplicate key {key!r}: it is already defined at line {line}; remove one of them or rename it"
+MSG_BAD_SCALAR = "{value!r} is tagged {tag} but is not a value of that type; remove the tag or fix the value"
+MSG_DEEP = (
+    "values are nested more than {limit} levels deep{how}; a graph needs fewer than 10 levels, so look for "
+    "unclosed brackets or a chain of aliases"
+)
 MSG_TOP = "the top level of a graph file must be a mapping with keys such as " + _TOP_KEYS + "; found {found}"
 
 
@@ -45,13 +54,22 @@ def _decode(raw: bytes, filename: str) -> str:
 class _Loader(yaml.SafeLoader):
     """A SafeLoader that also remembers which anchor named each node (for cycle messages)."""
 
-    def __init__(self, stream: str):
+    def __init__(self, stream: str, filename: str):
         super().__init__(stream)
         self.anchor_names: dict[int, str] = {}
+        self.filename = filename
+        self.depth = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         event = self.peek_event()
-        node = super().compose_node(parent, index)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise GraphSpecError(MSG_DEEP.format(limit=MAX_DEPTH, how=""), Location(self.filename, mark.line + 1, mark.column + 1))
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
         anchor = getattr(event, "anchor", None)
         if anchor is not None and not isinstance(event, yaml.AliasEvent):
             self.anchor_names[id(node)] = anchor
@@ -61,7 +79,7 @@ class _Loader(yaml.SafeLoader):
 def _compose(text: str, filename: str) -> tuple[Node | None, dict[int, str]]:
     loader = None
     try:
-        loader = _Loader(text)  # the reader already refuses control characters here
+        loader = _Loader(text, filename)  # the reader already refuses control characters here
         return loader.get_single_node(), loader.anchor_names
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -132,6 +150,8 @@ class _Builder:
             raise GraphSpecError([(self._loc(node, path), msg)])
         if isinstance(node, ScalarNode):
             return self._scalar(node, path)
+        if len(self.active) >= MAX_DEPTH:  # deep only through aliases: the composer checked the text
+            raise GraphSpecError([(self._loc(node, path), MSG_DEEP.format(limit=MAX_DEPTH, how=" once aliases are expanded"))])
         if id(node) in self.active:  # located at the key or item that refers back (*anchor)
             line, column = self.positions.get(path, (node.start_mark.line + 1, node.start_mark.column + 1))
             raise GraphSpecError([(Location(self.filename, line, column, path), MSG_CYCLE.format(anchor=self.anchors.get(id(node), "?")))])
@@ -151,7 +171,11 @@ class _Builder:
             return None
         if node.tag in (_YAML + "str", _YAML + "timestamp"):
             return node.value  # dates stay text: no field of a graph holds a date
-        return _CONSTRUCTOR.construct_object(node)
+        try:
+            return _CONSTRUCTOR.construct_object(node)
+        except (ValueError, KeyError, TypeError, yaml.YAMLError):  # an explicit tag on a value that is not of its type: `!!int abc`
+            self.issues.append((self._loc(node, path), MSG_BAD_SCALAR.format(value=node.value, tag=_short_tag(node.tag))))
+            return None
 
     def _sequence(self, node: SequenceNode, path: str) -> list:
         out = []
@@ -174,6 +198,8 @@ class _Builder:
                     continue
                 if id(src) in self.active:
                     raise GraphSpecError([(self._loc(key, path), MSG_CYCLE.format(anchor=self.anchors.get(id(src), "?")))])
+                if len(self.active) >= MAX_DEPTH:  # a chain of merges, each merging the previous
+                    raise GraphSpecError([(self._loc(key, path), MSG_DEEP.format(limit=MAX_DEPTH, how=" once merge keys are expanded"))])
                 self.active.add(id(src))
                 sub_merged, sub_explicit = self._pairs(src, path)
                 self.active.discard(id(src))

@@ -9,6 +9,7 @@ already reported, so one mistake gives one message.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Callable, Iterator
 
 from mplp_graph.compile.resolve import ResolveError, resolve_arrow
@@ -19,8 +20,10 @@ from mplp_graph.ops.registry import get_op, op_names
 
 Issue = tuple[str, str]
 
-# Sanity limit: refuse graphs whose state would not fit in memory before allocating anything.
-MAX_ELEMENTS_PER_FIELD = 2**31 - 1
+# Sanity limits: refuse graphs whose state would not fit in memory before allocating anything.
+MAX_ELEMENTS_PER_FIELD = 2**31 - 1  # XLA indexes an array with 32-bit integers
+MAX_STATE_BYTES = 16 * 2**30  # one example's state; the largest paper graph (MNIST 784) needs ~0.1 GiB
+_DTYPE_BYTES = {"float32": 4, "float64": 8, "int32": 4, "bool": 1}
 
 
 def suggest(name: str, choices) -> str:
@@ -65,11 +68,19 @@ def rule_unique_arrow_names(g: GraphSpec) -> Iterator[Issue]:
         seen.setdefault(a.name, k)
 
 
+def _count(n: int) -> str:
+    """``1,234``; an absurd size (a shape [10**400]) as ``about 10^400``."""
+    return f"{n:,}" if n < 10**24 else f"about 10^{len(str(n)) - 1}"
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes < 10**24 else f"{_count(n_bytes)} bytes"
+
+
 def rule_field_sizes(g: GraphSpec) -> Iterator[Issue]:
+    total, sizes = 0, []
     for gname, grp in g.groups.items():
-        n_agents = 1
-        for n in grp.shape:
-            n_agents *= n
+        n_agents = math.prod(grp.shape)
         for fname, f in grp.state.items():
             for ax in f.constant_along:
                 if ax >= len(grp.shape):
@@ -77,14 +88,24 @@ def rule_field_sizes(g: GraphSpec) -> Iterator[Issue]:
                         f"groups.{gname}.state.{fname}.constant_along",
                         f"axis {ax} does not exist: group {gname!r} has shape {list(grp.shape)} ({len(grp.shape)} axes)",
                     )
-            size = n_agents
-            for n in f.shape:
-                size *= n
+            size = n_agents * math.prod(f.shape)
             if size > MAX_ELEMENTS_PER_FIELD:
                 yield (
                     f"groups.{gname}.state.{fname}",
-                    f"field holds {size:,} elements per example (more than {MAX_ELEMENTS_PER_FIELD:,}); shrink the group or field shape",
+                    f"field {gname}.{fname} holds {_count(size)} elements per example ({_count(n_agents)} agents of group shape "
+                    f"{list(grp.shape)} x {_count(math.prod(f.shape))} per agent), more than the limit of "
+                    f"{MAX_ELEMENTS_PER_FIELD:,} elements per field; shrink the group or field shape",
                 )
+            n_bytes = size * _DTYPE_BYTES[f.dtype]
+            total += n_bytes
+            sizes.append((n_bytes, f"{gname}.{fname}"))
+    if total > MAX_STATE_BYTES:
+        largest = ", ".join(f"{name} {_gib(n)}" for n, name in sorted(sizes, reverse=True)[:3])
+        yield (
+            "groups",
+            f"the graph's state needs {_gib(total)} ({_count(total)} bytes) per example, more than the limit of "
+            f"{_gib(MAX_STATE_BYTES)}, before anything is allocated; the largest fields: {largest}. Shrink those groups or fields",
+        )
 
 
 def rule_arrow_groups_exist(g: GraphSpec) -> Iterator[Issue]:
