@@ -5,6 +5,10 @@ at the start of a step, the forward inputs stored by the forward phase, the mess
 backward phase. Only the other, *persistent*, fields (weights, biases, recurrent carries) need
 to be carried between steps; :meth:`Program.step_carry` carries just those, which keeps the
 state of a ``lax.scan`` over steps small (fewer buffers, fewer copies).
+
+Custom schedules: writes in a phase with ``schedule.random`` ``fire < 1`` are partial (agents
+that do not fire keep their old value) and do not count as overwrites; in a shuffled phase any
+read may come before any write.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ def persistent_fields(spec: GraphSpec, schedule: Schedule) -> frozenset[tuple[st
         written.add(tuple(ref.split(".", 1)))  # the batch is written first
     persistent: set[tuple[str, str]] = set()
     for phase in schedule.step:
-        for stage in schedule.phases[phase]:
+        rand = spec.schedule.random.get(phase)
+        stages = schedule.phases[phase]
+        if rand is not None and rand.order == "shuffle":
+            stages = (tuple(n for s in stages for n in s),)  # any order: every read may come first
+        for stage in stages:
             # all arrows of a stage read the state as it was when the stage began
             for name in stage:
                 a = arrows[name]
                 for f in a.inputs:
                     if (a.src, f) not in written:
                         persistent.add((a.src, f))
+            if rand is not None and rand.fire < 1.0:
+                continue  # a partial write (only firing agents) keeps the old values elsewhere
             for name in stage:
                 a = arrows[name]
                 written.update((a.src, f) for f in a.updates)

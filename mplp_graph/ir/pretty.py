@@ -156,13 +156,19 @@ def format_graph(spec: GraphSpec) -> str:
         lines += _group_lines(name, g, nw, kw)
 
     schedule, problem = safe_schedule(spec)
-    phases = list(schedule.step) + [p for p in schedule.phases if p not in schedule.step]
+    phases = list(dict.fromkeys(schedule.step)) + [p for p in schedule.phases if p not in schedule.step]
     by_name = {a.name: a for a in spec.arrows}
     placed: set[str] = set()
     for phase in phases:
         stages = schedule.phases.get(phase, ())
         runs = phase in schedule.step
-        lines += ["", f"phase {phase}:" if runs else f"phase {phase} (not in step):"]
+        notes = [] if runs else ["not in step"]
+        r = spec.schedule.random.get(phase)
+        if r is not None and r.order == "shuffle":
+            notes.append("stages in random order")
+        if r is not None and r.fire < 1.0:
+            notes.append(f"agents fire with p={_num(r.fire)}")
+        lines += ["", f"phase {phase} ({'; '.join(notes)}):" if notes else f"phase {phase}:"]
         for k, stage in enumerate(stages):
             for name in stage:
                 lines.append(f"  [{k + 1}] {format_arrow(by_name[name])}")
@@ -178,4 +184,6 @@ def format_graph(spec: GraphSpec) -> str:
     lines += [f"  {key} <- {ref}" for key, ref in spec.outputs.items()] or ["  (none)"]
     if schedule.step:
         lines += [f"step: {' -> '.join(schedule.step)}"]
+    if spec.schedule.rng is not None:
+        lines += [f"rng: {spec.schedule.rng} (step counter of the random draws)"]
     return "\n".join(lines) + "\n"

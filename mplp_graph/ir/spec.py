@@ -9,7 +9,9 @@ Grammar (the YAML document mirrors it one to one; see docs/ir.md)::
     share     := key | {part: key}     # ops with several parameter parts (a learner's net, its standardizer)
     map       := "identity" | "<src letters> -> <dst letters>"    # einsum-style, one letter per agent axis
     edges     := [[src, dst]*]                                    # flat (row-major) agent indices
-    schedule  := phases{name: [stage*]}?, step[phase*]            # stage := [arrow name*]
+    schedule  := phases{name: [stage*]}?, step[phase*], random{phase: draw}?, rng?   # stage := [arrow name*]
+    draw      := order ("fixed" | "shuffle"), fire (0 < p <= 1)   # drawn anew each time the phase runs
+    rng       := ref                                              # an int32 step counter (one agent, scalar)
     ref       := "group.field"
 
 Semantics in one paragraph: an arrow runs its op at every agent of its source group on the
@@ -150,15 +152,33 @@ class ArrowSpec(_Frozen):
 # schedules
 
 
+class RandomSpec(_Frozen):
+    """Random choices made each time a phase runs (custom schedules; paper section 5's
+    "computations happen asynchronously").
+
+    ``order: shuffle``: the phase's stages run in an order drawn uniformly at random.
+    ``fire: p``: in every stage, each agent of a group the stage writes keeps the write with
+    probability ``p`` and its old value otherwise (asynchronous updates of a random subset).
+    """
+
+    order: Literal["fixed", "shuffle"] = "fixed"
+    fire: float = Field(1.0, gt=0, le=1)
+
+
 class ScheduleSpec(_Frozen):
     """Phases made of ordered stages; ``step`` is the sequence of phases one step runs.
 
     A phase missing from ``phases`` gets a derived order (dependency order of its arrows).
     An empty ``step`` means: ``forward`` then ``backward`` (those present), then other phases.
+    A phase may appear several times in ``step`` (several message rounds per step).
+    ``random`` draws a stage order or a subset of firing agents per run of a phase; the draws
+    are a function of the ``rng`` field, an int32 counter that every step increments by one.
     """
 
     phases: dict[str, tuple[tuple[str, ...], ...]] = {}
     step: tuple[str, ...] = ()
+    random: dict[str, RandomSpec] = {}
+    rng: str | None = None
 
 
 class GraphSpec(_Frozen):

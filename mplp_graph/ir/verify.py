@@ -130,12 +130,31 @@ def rule_arrow_fields_exist(g: GraphSpec) -> Iterator[Issue]:
             yield f"arrows[{k}].into", f"group {a.dst!r} has no state field {a.into!r} to receive messages.{suggest(a.into, dst)}"
 
 
+MSG_NO_DERIVATIVE = (
+    "unknown op {name!r}: op {base!r} has no derivative (its gradient is zero wherever it exists), so a backprop "
+    "protocol cannot pass a gradient through it. Train the graph with a learned protocol, which needs no gradient "
+    "(mplp_graph.templates.mplp), or use a differentiable op such as 'sigmoid' in the forward pass"
+)
+
+
+def _unknown_op(name: str) -> str:
+    """``unknown op``, with the reason when it is the missing derivative of a non-differentiable op."""
+    base = name[: -len("_grad")] if name.endswith("_grad") else None
+    if base:
+        try:
+            if not get_op(base).differentiable:
+                return MSG_NO_DERIVATIVE.format(name=name, base=base)
+        except KeyError:
+            pass
+    return f"unknown op {name!r}.{suggest(name, op_names())}"
+
+
 def rule_ops_exist(g: GraphSpec) -> Iterator[Issue]:
     for k, a in enumerate(g.arrows):
         try:
             op = get_op(a.op.name)
         except KeyError:
-            yield f"arrows[{k}].op", f"unknown op {a.op.name!r}.{suggest(a.op.name, op_names())}"
+            yield f"arrows[{k}].op", _unknown_op(a.op.name)
             continue
         for arg in a.op.args:
             if arg not in op.arg_names:
@@ -229,6 +248,51 @@ def rule_schedule_names(g: GraphSpec) -> Iterator[Issue]:
             yield f"schedule.phases.{p}", f"arrows {missing} of phase {p!r} are missing from its stages; add them to a stage"
 
 
+def rule_schedule_random(g: GraphSpec) -> Iterator[Issue]:
+    """``schedule.random`` names existing phases, and random draws have a counter to draw from."""
+    phases = phase_names(g)
+    for p, r in g.schedule.random.items():
+        if p not in phases:
+            yield f"schedule.random.{p}", f"unknown phase {p!r}.{suggest(p, phases)}"
+        elif g.schedule.rng is None and (r.order == "shuffle" or r.fire < 1.0):
+            yield (
+                f"schedule.random.{p}",
+                f"phase {p!r} makes random draws each time it runs, which need a step counter; add "
+                "'rng: group.field' under schedule, naming an int32 scalar field of a single-agent group (shape [])",
+            )
+
+
+def rule_schedule_rng(g: GraphSpec) -> Iterator[Issue]:
+    """The counter is an int32 scalar of a single agent, shared by the batch, written by no arrow."""
+    ref = g.schedule.rng
+    if ref is None:
+        return
+    group, _, fname = ref.partition(".")
+    if not fname:
+        yield "schedule.rng", f"expected 'group.field', got {ref!r}"
+        return
+    if group not in g.groups:
+        yield "schedule.rng", f"unknown group {group!r}.{suggest(group, g.groups)}"
+        return
+    grp = g.groups[group]
+    if fname not in grp.state:
+        yield "schedule.rng", f"group {group!r} has no state field {fname!r}.{suggest(fname, grp.state)}"
+        return
+    f = grp.state[fname]
+    found = f"{f.dtype}{list(f.shape)}{' batched' if f.batched else ''} in a group of shape {list(grp.shape)}"
+    if f.dtype != "int32" or f.shape or f.batched or grp.shape:
+        yield (
+            "schedule.rng",
+            f"the step counter {ref} must be an int32 scalar (shape [], not batched) of a group of shape [], got "
+            f"{found}; declare e.g. 'clock: {{kind: clock, state: {{t: {{dtype: int32}}}}}}' and 'rng: clock.t'",
+        )
+    for k, a in enumerate(g.arrows):
+        if a.dst == group and a.into == fname:
+            yield f"arrows[{k}].into", f"arrow {a.name!r} writes {ref}, the step counter of schedule.rng; only the step advances it"
+        if a.src == group and fname in a.updates:
+            yield f"arrows[{k}].updates.{fname}", f"arrow {a.name!r} writes {ref}, the step counter of schedule.rng; only the step advances it"
+
+
 def rule_phases_run(g: GraphSpec) -> Iterator[Issue]:
     if not g.schedule.step:
         return
@@ -293,6 +357,8 @@ RULES: tuple[Callable[[GraphSpec], Iterator[Issue]], ...] = (
     rule_inbox_aggregates_agree,
     rule_io_refs,
     rule_schedule_names,
+    rule_schedule_random,
+    rule_schedule_rng,
     rule_phases_run,
     rule_schedule_derivable,
     rule_no_conflicting_writes,

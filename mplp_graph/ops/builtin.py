@@ -105,6 +105,53 @@ _elementwise(
     "message = p - lr * g (write it back to p through 'updates' or 'into')",
     args=("lr",),
 )
+_elementwise("affine", lambda x, a, b: a * x + b, 1, "message = a * x + b", args=("a", "b"))
+_elementwise("mix", lambda x, y, rate: x + rate * (y - x), 2, "message = x + rate * (y - x) (relax x towards y)", args=("rate",))
+# Non-differentiable agents (issue 8): MPLP trains through them; the backprop protocol cannot.
+_elementwise("is_max", lambda z, zmax: (z >= zmax).astype(z.dtype), 2, "message = 1 where z = max (argmax as a one-hot, with the max from an 'i -> j' max arrow); no gradient", differentiable=False)
+
+
+def _life(alive, n):
+    # Conway's rule: a cell is alive next if 3 neighbours are alive, or 2 and it is alive now
+    born = jnp.abs(n - 3.0) < 0.5
+    stays = (alive > 0.5) & (jnp.abs(n - 2.0) < 0.5)
+    return (born | stays).astype(alive.dtype)
+
+
+_elementwise("life", _life, 2, "message = Conway's rule: 1 if n = 3, or n = 2 and alive, else 0 (n: live neighbours); no gradient", differentiable=False)
+
+
+def _sum_infer(shapes, args):
+    if len(shapes) < 2:
+        raise OpShapeError(f"takes a parameter and at least one more input, got {len(shapes)} input(s)")
+    return _broadcast_infer(shapes, args)
+
+
+def _mul_sum_infer(shapes, args):
+    if len(shapes) < 3 or len(shapes) % 2 == 0:
+        raise OpShapeError(f"takes a parameter and pairs of inputs (p, a1, b1, a2, b2, ...), got {len(shapes)} input(s)")
+    return _broadcast_infer(shapes, args)
+
+
+def _pairs(ins):
+    return zip(ins[1::2], ins[2::2])
+
+
+# Parameters used several times in one pass (a recurrent weight at every time step) take the sum
+# of their gradients: p - lr * sum_t g_t, or p - lr * sum_t a_t b_t (backprop through time).
+register_op(
+    Op(
+        name="sgd_sum",
+        arity=None,
+        infer=_sum_infer,
+        apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * sum(ins[1:])},
+        arg_names=("lr",),
+        required_args=("lr",),
+        doc="message = p - lr * (g1 + g2 + ...) (a bias used at several time steps)",
+    )
+)
+
+
 def mean_product(a, b):
     """``mean over axis 0 of a * b`` (broadcasting, keeping axis 0 with size 1) as one einsum:
     the batch-averaged outer product ``mean_b x_i g_j`` becomes a matrix product."""
@@ -184,5 +231,19 @@ register_op(
         arg_names=("features", "activation"),
         required_args=("features",),
         doc="message = concat(inputs) @ kernel + bias (a learnable message function)",
+    )
+)
+
+
+register_op(
+    Op(
+        name="sgd_mul_sum",
+        arity=None,
+        infer=_mul_sum_infer,
+        apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * sum(a * b for a, b in _pairs(ins))},
+        mean_apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * sum(mean_product(a, b) for a, b in _pairs(ins))},
+        arg_names=("lr",),
+        required_args=("lr",),
+        doc="message = p - lr * (a1 b1 + a2 b2 + ...) (a weight used at several time steps: stored inputs a_t, gradients b_t)",
     )
 )

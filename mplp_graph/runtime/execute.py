@@ -2,17 +2,26 @@
 
 A stage runs all its kernels on the state as it was when the stage began, then applies their
 writes together: source-field ``updates`` first, then the combined messages of each inbox.
+
+Custom schedules (``schedule.random``, drawn by :mod:`mplp_graph.runtime.draws`): a phase with
+``order: shuffle`` runs its stages in a random order (``lax.switch`` over the stages inside a
+``fori_loop``, so the kernels are compiled once); with ``fire: p`` each stage's writes are kept
+at a random subset of the agents of each written group. The step then adds 1 to the
+``schedule.rng`` counter.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
+import jax
 import jax.numpy as jnp
 
 from mplp_graph.compile.lower import Kernel, State, run_kernel, write
 from mplp_graph.compile.route import combine
 from mplp_graph.errors import CompileError
+from mplp_graph.runtime import draws
 from mplp_graph.runtime.state import stored_shape
 
 if TYPE_CHECKING:
@@ -36,7 +45,11 @@ def kernel_params(kernel: Kernel, params: Any) -> Any:
     return params[kernel.share]
 
 
-def run_stage(prog: "Program", kernels: tuple[Kernel, ...], params: Any, state: State, side: dict | None = None) -> State:
+def run_stage(
+    prog: "Program", kernels: tuple[Kernel, ...], params: Any, state: State, side: dict | None = None, fire: tuple | None = None
+) -> State:
+    """Run one stage. ``fire = (key, stage index, p)``: keep each written group's new values only
+    at the agents of its random mask (the others keep their old values)."""
     fields = {g: grp.state for g, grp in prog.spec.groups.items()}
     b = batch_size_of(prog, state)
     updates = []
@@ -57,14 +70,70 @@ def run_stage(prog: "Program", kernels: tuple[Kernel, ...], params: Any, state: 
         f = fields[g][fname]
         value = combine([p for _, p in items], items[0][0].spec.aggregate)
         new[g][fname] = write(f, value, stored_shape(prog.spec.groups[g], f, b))
+    if fire is not None:
+        new = _keep_fired(prog, state, new, [(g, f) for g, f, _ in updates] + list(inboxes), fire)
     return new
 
 
-def run_phase(prog: "Program", phase: str, params: Any, state: State, side: dict | None = None) -> State:
+def _keep_fired(prog: "Program", old: State, new: State, written: list[tuple[str, str]], fire: tuple) -> State:
+    key, stage, p = fire
+    groups = list(prog.spec.groups)
+    masks: dict[str, Any] = {}
+    for g, fname in dict.fromkeys(written):  # each written field once, in order
+        grp, f = prog.spec.groups[g], prog.spec.groups[g].state[fname]
+        if g not in masks:  # one draw per group and stage: all its written fields agree
+            masks[g] = draws.fire_mask(key, stage, groups.index(g), grp.shape, p)
+        m = draws.field_mask(masks[g], f.constant_along, f.batched, len(f.shape))
+        new[g][fname] = jnp.where(m, new[g][fname], old[g][fname])
+    return new
+
+
+def counter_value(prog: "Program", state: State) -> Any:
+    ref = draws.rng_ref(prog.spec)
+    return state[ref[0]][ref[1]] if ref is not None else jnp.zeros((), jnp.int32)
+
+
+def run_phase(prog: "Program", phase: str, params: Any, state: State, side: dict | None = None, occurrence: int = 0) -> State:
+    """Run one phase's stages. ``occurrence``: how many times the phase already ran in this step
+    (a random phase draws anew for each run)."""
     if phase not in prog.phases:
         raise CompileError(f"graph {prog.spec.name!r} has no phase {phase!r}; its phases are {sorted(prog.phases)}")
-    for kernels in prog.phases[phase]:
-        state = run_stage(prog, kernels, params, state, side)
+    stages = prog.phases[phase]
+    if not draws.is_random(prog.spec, phase):
+        for kernels in stages:
+            state = run_stage(prog, kernels, params, state, side)
+        return state
+    r = prog.spec.schedule.random[phase]
+    key = draws.phase_key(counter_value(prog, state), list(prog.phases).index(phase), occurrence)
+
+    def stage(k: int, state: State) -> State:
+        fire = (key, k, r.fire) if r.fire < 1.0 else None
+        return run_stage(prog, stages[k], params, state, side, fire)
+
+    if r.order == "fixed" or len(stages) < 2:
+        for k in range(len(stages)):
+            state = stage(k, state)
+        return state
+    if side is not None:
+        raise CompileError(
+            f"phase {phase!r} runs its stages in a random order (schedule.random.{phase}.order: shuffle), so side "
+            "outputs cannot be collected from it; use a fixed order to gather statistics"
+        )
+    order = draws.stage_order(key, len(stages))
+    branches = [functools.partial(stage, k) for k in range(len(stages))]
+    return jax.lax.fori_loop(0, len(stages), lambda t, s: jax.lax.switch(order[t], branches, s), state)
+
+
+def run_step_phases(prog: "Program", params: Any, state: State, side: dict | None = None) -> State:
+    """Every phase of ``schedule.step`` in order, then the ``schedule.rng`` counter's increment."""
+    seen: dict[str, int] = {}
+    for phase in prog.step_phases:
+        state = run_phase(prog, phase, params, state, side, seen.get(phase, 0))
+        seen[phase] = seen.get(phase, 0) + 1
+    ref = draws.rng_ref(prog.spec)
+    if ref is not None:
+        g, f = ref
+        state = {**state, g: {**state[g], f: state[g][f] + 1}}
     return state
 
 
@@ -106,8 +175,7 @@ def step(
     """Feed the batch, run every phase of ``schedule.step`` in order, return the outputs.
     Side outputs of the ops are collected into ``side`` (``{arrow: {name: value}}``) if given."""
     state = feed(prog, state, batch)
-    for phase in prog.step_phases:
-        state = run_phase(prog, phase, params, state, side)
+    state = run_step_phases(prog, params, state, side)
     return state, outputs(prog, state)
 
 

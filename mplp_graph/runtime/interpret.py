@@ -11,9 +11,13 @@ with explicit Python loops over stages, arrows, source agents and edges, in NumP
   destination agent; the messages of all arrows of the stage sending into one field are
   aggregated together (``sum``, ``mean`` = sum / number of messages, ``max``); an agent that
   receives nothing gets 0;
-* a per-example value written into a field without batch axis is averaged over the batch.
+* a per-example value written into a field without batch axis is averaged over the batch;
+* custom schedules: a shuffled phase runs its stages in the drawn order; with ``fire < 1`` an
+  agent that does not fire keeps the old values of the fields the stage writes in its group;
+  the ``schedule.rng`` counter goes up by one after the step.
 
-Only the schedule (which arrows run in which stage) is taken from the compiler.
+Only the schedule (which arrows run in which stage) is taken from the compiler, and the random
+draws from :mod:`mplp_graph.runtime.draws`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from mplp_graph.compile.pipeline import compile_graph
 from mplp_graph.ir.indexmap import bind_sizes, parse_index_map
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec
 from mplp_graph.ops.registry import get_op
+from mplp_graph.runtime import draws
 
 State = dict[str, dict[str, np.ndarray]]
 
@@ -98,8 +103,9 @@ def _copy(state: Any) -> State:
     return {g: {f: np.array(v, dtype=np.float64) for f, v in fs.items()} for g, fs in state.items()}
 
 
-def interpret_stage(spec: GraphSpec, stage: tuple[str, ...], params: Any, state: State) -> State:
-    """Every arrow of the stage reads ``state``; updates land first, then the inboxes."""
+def interpret_stage(spec: GraphSpec, stage: tuple[str, ...], params: Any, state: State, fired: Any = None) -> State:
+    """Every arrow of the stage reads ``state``; updates land first, then the inboxes.
+    ``fired(group) -> bool[*agent_shape]``: which agents keep the stage's writes (default all)."""
     old = state
     new = _copy(state)
     updates = []  # (group, field, agent, value)
@@ -128,15 +134,40 @@ def interpret_stage(spec: GraphSpec, stage: tuple[str, ...], params: Any, state:
         for idx in np.ndindex(*spec.groups[g].shape):
             value = _aggregate(box["messages"].get(idx, []), box["how"], (1, *feat))
             _store(f, new[g][fname], idx, value)
+    if fired is not None:
+        written = {(g, f) for g, f, _, _ in updates} | set(inboxes)
+        for g, fname in written:
+            mask = np.asarray(fired(g))
+            f = spec.groups[g].state[fname]
+            for idx in np.ndindex(*spec.groups[g].shape):
+                if not mask[idx] and all(i == 0 for ax, i in enumerate(idx) if ax in f.constant_along):
+                    agent = _agent_index(f, idx)
+                    where = (slice(None),) + agent if f.batched else agent
+                    new[g][fname][where] = old[g][fname][where]
     return new
 
 
-def interpret_phase(spec: GraphSpec, phase: str, params: Any, state: Any, schedule=None) -> State:
-    """Run the stages of one phase (the stage order comes from the compiler's schedule)."""
+def interpret_phase(spec: GraphSpec, phase: str, params: Any, state: Any, schedule=None, occurrence: int = 0) -> State:
+    """Run the stages of one phase (the stage order comes from the compiler's schedule, or from
+    the draws of a random phase)."""
     schedule = schedule or compile_graph(spec).schedule
     state = _copy(state)
-    for stage in schedule.phases[phase]:
-        state = interpret_stage(spec, stage, params, state)
+    stages = schedule.phases[phase]
+    if not draws.is_random(spec, phase):
+        for stage in stages:
+            state = interpret_stage(spec, stage, params, state)
+        return state
+    r = spec.schedule.random[phase]
+    g_rng, f_rng = draws.rng_ref(spec)
+    key = draws.phase_key(int(state[g_rng][f_rng]), list(schedule.phases).index(phase), occurrence)
+    order = np.asarray(draws.stage_order(key, len(stages))) if r.order == "shuffle" and len(stages) > 1 else range(len(stages))
+    groups = list(spec.groups)
+    for k in order:
+        k = int(k)
+        fired = None
+        if r.fire < 1.0:
+            fired = lambda g, k=k: draws.fire_mask(key, k, groups.index(g), spec.groups[g].shape, r.fire)  # noqa: E731
+        state = interpret_stage(spec, stages[k], params, state, fired)
     return state
 
 
@@ -147,7 +178,12 @@ def interpret_step(spec: GraphSpec, params: Any, state: Any, batch: dict[str, An
     for key, ref in spec.inputs.items():
         g, fname = ref.split(".", 1)
         state[g][fname] = np.array(batch[key], dtype=np.float64)
+    seen: dict[str, int] = {}
     for phase in schedule.step:
-        state = interpret_phase(spec, phase, params, state, schedule)
+        state = interpret_phase(spec, phase, params, state, schedule, seen.get(phase, 0))
+        seen[phase] = seen.get(phase, 0) + 1
+    if spec.schedule.rng is not None:
+        g, fname = draws.rng_ref(spec)
+        state[g][fname] = state[g][fname] + 1
     outputs = {key: state[ref.split(".", 1)[0]][ref.split(".", 1)[1]] for key, ref in spec.outputs.items()}
     return state, outputs
