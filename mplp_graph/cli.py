@@ -162,13 +162,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (FileNotFoundError, MplpGraphError) as e:
         raise UserError(str(e)) from None
     if args.runs is not None:
-        setup = type(setup)(setup.config.model_copy(update={"eval": setup.config.eval.model_copy(update={"runs": args.runs})}), setup.prog, setup.fwd, setup.family)
-    results = evaluate(setup, params)
+        import dataclasses
+
+        setup = dataclasses.replace(setup, config=setup.config.model_copy(update={"eval": setup.config.eval.model_copy(update={"runs": args.runs})}))
     out = Path(args.out or args.run_dir)
+    if setup.config.task.family == "mnist":
+        return _eval_mnist(setup, params, step, out, f"mplp-graph eval {args.run_dir}")
+    results = evaluate(setup, params)
     doc = write_results(setup, results, out, command=f"mplp-graph eval {args.run_dir}", meta_steps=step, train_s=None)
     for k, v in doc["metrics"].items():
         print(f"{k}: {v}")
     print(f"wrote {out / 'results.json'} and {out / 'sinusoid.png'}")
+    return EXIT_OK
+
+
+def _eval_mnist(setup, params, step: int, out, command: str) -> int:
+    """MNIST protocol (reference-notes 5.6): MPLP, Adam(0.01), SGD(0.1); accuracy after each step."""
+    import jax
+    import optax
+
+    from mplp_graph.meta.checkpoint import atomic_write_json
+    from mplp_graph.meta.eval_mnist import accuracy_metrics, evaluate_mplp_mnist, evaluate_optax_mnist, plot_accuracy
+    from mplp_graph.meta.run import git_commit, load_mnist_splits
+
+    c = setup.config
+    prepared, _ = load_mnist_splits(c)
+    key = jax.random.PRNGKey(c.eval.seed)
+    t, runs = c.task, c.eval.runs
+    metrics, curves = {}, {}
+    accuracy_metrics(metrics, curves, "mplp", evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, runs, t.inner_steps, t.batch))
+    accuracy_metrics(metrics, curves, "adam", evaluate_optax_mnist(setup.fwd, optax.adam(c.eval.adam_lr), prepared, key, runs, t.inner_steps, t.batch))
+    accuracy_metrics(metrics, curves, "sgd", evaluate_optax_mnist(setup.fwd, optax.sgd(0.1), prepared, key, runs, t.inner_steps, t.batch))
+    metrics["meta_steps"] = step
+    doc = {"experiment": c.experiment, "command": command, "git_commit": git_commit(), "runs": runs,
+           "metrics": metrics, "curves": curves, "config": c.model_dump(mode="json")}
+    atomic_write_json(out / "results.json", doc)
+    plot_accuracy(curves, out / "mnist.png")
+    for k, v in metrics.items():
+        print(f"{k}: {v}")
+    print(f"wrote {out / 'results.json'} and {out / 'mnist.png'}")
     return EXIT_OK
 
 

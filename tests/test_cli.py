@@ -103,3 +103,29 @@ def test_train_and_eval_tiny_config(tmp_path, capsys):
     assert main(["train", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "meta.steps" in err and "meta.stepz" in err
+
+
+def test_train_and_eval_an_mnist_config(tmp_path, capsys):
+    """`train` meta-trains an MNIST config (task family mnist, validation split) and `eval` runs
+    the MNIST protocol (accuracy after each step) for MPLP, Adam and SGD."""
+    pytest.importorskip("zarr")
+    cfg = tmp_path / "mnist_tiny.yaml"
+    cfg.write_text(
+        "experiment: mnist_tiny\n"
+        "graph: {sizes: [144, 8, 10], activation: sigmoid, loss: ce, msg: 2, hidden: 3, sharing: layers}\n"
+        "task: {family: mnist, inner_steps: 2, batch: 4, cv_points: 4, validation: 1000}\n"
+        "meta: {steps: 1, outer_batch: 1, pool: 2, lr: 5.0e-4, stats_rounds: 1, checkpoint_every: 1}\n"
+        "eval: {runs: 3}\n"
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--run-dir", str(run), "--no-progress"]) == 0
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    import json
+
+    doc = json.loads((run / "results.json").read_text())
+    for name in ("mplp", "adam", "sgd"):
+        acc = doc["curves"][f"{name}_acc_mean"]
+        assert len(acc) == 2 and all(0.0 <= a <= 100.0 for a in acc)
+    assert doc["metrics"]["meta_steps"] == 1 and "mplp_acc20" in out
+    assert (run / "mnist.png").stat().st_size > 10_000

@@ -33,7 +33,12 @@ from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.compile.pipeline import compile_graph
 from mplp_graph.meta.checkpoint import atomic_write_json
 from mplp_graph.meta.config import ExperimentConfig
-from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist, evaluate_optax_mnist
+from mplp_graph.meta.eval_mnist import (
+    accuracy_metrics,
+    evaluate_mplp_mnist,
+    evaluate_optax_mnist,
+    plot_accuracy,
+)
 from mplp_graph.meta.run import build, git_commit, load_mnist_splits, save_params_file
 from mplp_graph.meta.sweep import load_stacked_params, unstack
 from mplp_graph.templates.feedforward import feedforward
@@ -76,60 +81,28 @@ def select(sweep_dir: Path, runs: int, key) -> dict:
     return {"record": record, "params": unstack(stacked, best), "config": config, "setup": setup, "prepared": prepared}
 
 
-def _acc(metrics, curves, name, acc):
-    metrics[f"{name}_acc20"] = float(acc[:, -1].mean())
-    metrics[f"{name}_acc20_std"] = float(acc[:, -1].std())
-    curves[f"{name}_acc_mean"] = acc.mean(0).tolist()
-    curves[f"{name}_acc_std"] = acc.std(0).tolist()
-
-
 def evaluate_all(chosen: dict, runs: int, runs_784: int, key, skip_784: bool) -> tuple[dict, dict, dict]:
     config, setup, prepared, params = chosen["config"], chosen["setup"], chosen["prepared"], chosen["params"]
     t = config.task
     metrics, curves, wall = {}, {}, {}
     t0 = time.perf_counter()
-    _acc(metrics, curves, "mplp", evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, runs, t.inner_steps, t.batch))
+    accuracy_metrics(metrics, curves, "mplp", evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, runs, t.inner_steps, t.batch))
     wall["mplp_eval"] = time.perf_counter() - t0
-    _acc(metrics, curves, "adam", evaluate_optax_mnist(setup.fwd, optax.adam(0.01), prepared, key, runs, t.inner_steps, t.batch))
-    _acc(metrics, curves, "sgd", evaluate_optax_mnist(setup.fwd, optax.sgd(0.1), prepared, key, runs, t.inner_steps, t.batch))
+    accuracy_metrics(metrics, curves, "adam", evaluate_optax_mnist(setup.fwd, optax.adam(0.01), prepared, key, runs, t.inner_steps, t.batch))
+    accuracy_metrics(metrics, curves, "sgd", evaluate_optax_mnist(setup.fwd, optax.sgd(0.1), prepared, key, runs, t.inner_steps, t.batch))
     sizes = tuple(config.graph.sizes)
     prog, fwd = _prog(config, sizes, "step")
-    _acc(metrics, curves, "step", evaluate_mplp_mnist(prog, fwd, params, prepared, key, runs, t.inner_steps, t.batch))
+    accuracy_metrics(metrics, curves, "step", evaluate_mplp_mnist(prog, fwd, params, prepared, key, runs, t.inner_steps, t.batch))
     if not skip_784:
         from mplp_graph.tasks.mnist import load_mnist, preprocess
 
         t0 = time.perf_counter()
         data28 = preprocess(load_mnist(), size=None)
         prog, fwd = _prog(config, (784, 100, 10), config.graph.activation)
-        _acc(metrics, curves, "784", evaluate_mplp_mnist(prog, fwd, params, data28, key, runs_784, t.inner_steps, t.batch, chunk=10))
+        accuracy_metrics(metrics, curves, "784", evaluate_mplp_mnist(prog, fwd, params, data28, key, runs_784, t.inner_steps, t.batch, chunk=10))
         metrics["784_runs"] = runs_784
         wall["784_eval"] = time.perf_counter() - t0
     return metrics, curves, wall
-
-
-def plot(curves: dict, path: Path) -> None:
-    """Like the paper's Fig. 4: mean test accuracy after each step, shaded +- std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    labels = {"mplp": "MPLP (ours)", "step": "MPLP, step activation", "784": "MPLP, (784,100,10) 28x28", "adam": "Adam(0.01)", "sgd": "SGD(0.1)"}
-    for name, label in labels.items():
-        if f"{name}_acc_mean" not in curves:
-            continue
-        mu, sd = np.array(curves[f"{name}_acc_mean"]), np.array(curves[f"{name}_acc_std"])
-        steps = np.arange(1, len(mu) + 1)
-        ax.plot(steps, mu, marker=".", label=label)
-        ax.fill_between(steps, mu - sd, mu + sd, alpha=0.15)
-    ax.set_xlabel("inner step (batch of 8)")
-    ax.set_ylabel("test accuracy (%), 100 images")
-    ax.set_title("MNIST: accuracy after each step, mean +- std over runs")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -173,7 +146,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "results.json", doc)
     save_params_file(args.out / "learner.npz", chosen["params"])
-    plot(curves, args.out / "mnist.png")
+    plot_accuracy(curves, args.out / "mnist.png")
     print(f"{'':28s} {'ours':>14s} {'paper':>14s}")
     for name in ("mplp", "step", "784", "adam", "sgd"):
         if f"{name}_acc20" in metrics:

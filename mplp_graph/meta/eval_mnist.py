@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -107,3 +108,37 @@ def evaluate_optax_mnist(fwd: Program, optimizer: optax.GradientTransformation, 
         return _run(fwd, (net, optimizer.init(net)), update, lambda c: c[0], dr)
 
     return np.asarray(jax.jit(jax.vmap(one))(keys, d))
+
+
+def accuracy_metrics(metrics: dict, curves: dict, name: str, acc: np.ndarray) -> None:
+    """Record ``acc`` (runs, steps): accuracy@last step mean/std, and mean/std curves."""
+    metrics[f"{name}_acc20"] = float(acc[:, -1].mean())
+    metrics[f"{name}_acc20_std"] = float(acc[:, -1].std())
+    curves[f"{name}_acc_mean"] = acc.mean(0).tolist()
+    curves[f"{name}_acc_std"] = acc.std(0).tolist()
+
+
+def plot_accuracy(curves: dict, path: Any) -> None:
+    """Like the paper's Fig. 4: mean test accuracy after each step, shaded +- std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = {"mplp": "MPLP (ours)", "step": "MPLP, step activation", "784": "MPLP, (784,100,10) 28x28", "adam": "Adam(0.01)", "sgd": "SGD(0.1)"}
+    for name, label in labels.items():
+        if f"{name}_acc_mean" not in curves:
+            continue
+        mu, sd = np.array(curves[f"{name}_acc_mean"]), np.array(curves[f"{name}_acc_std"])
+        steps = np.arange(1, len(mu) + 1)
+        ax.plot(steps, mu, marker=".", label=label)
+        ax.fill_between(steps, mu - sd, mu + sd, alpha=0.15)
+    ax.set_xlabel("inner step (batch of 8)")
+    ax.set_ylabel("test accuracy (%), 100 images")
+    ax.set_title("MNIST: accuracy after each step, mean +- std over runs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
