@@ -34,7 +34,7 @@ import optax
 
 import mplp_graph as mg
 from mplp_graph.cache import enable_compilation_cache
-from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax
+from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax, plot_eval_curves
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
 from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
@@ -138,32 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         "eval_std": {name: ev.std(0).tolist() for name, ev in curves.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot(curves, out / "sinusoid.png")
+    plot_eval_curves(curves, f"sinusoid regression, {curves['Adam(0.01)'].shape[0]} runs", out / "sinusoid.png")
     print(f"\nwrote {out / 'results.json'} and {out / 'sinusoid.png'}")
     finite = all(np.all(np.isfinite(ev)) for ev in curves.values())
     return 0 if finite else 1
-
-
-def plot(curves: dict[str, np.ndarray], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, ev in curves.items():
-        mu, sd = ev.mean(0), ev.std(0)
-        steps = np.arange(len(mu))
-        ax.plot(steps, mu, marker="o", label=name)
-        ax.fill_between(steps, np.maximum(mu - sd, 1e-6), mu + sd, alpha=0.15)
-    ax.set_yscale("log")
-    ax.set_xlabel("inner step")
-    ax.set_ylabel("eval L2 (100 points)")
-    ax.set_title(f"sinusoid regression, {curves['Adam(0.01)'].shape[0]} runs")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,32 @@ def evaluate_optax(fwd: Program, optimizer: optax.GradientTransformation, family
         return _protocol(fwd, family, task, (net, optimizer.init(net)), update, lambda c: c[0])
 
     return jax.jit(jax.vmap(one))(jax.random.split(key, runs))
+
+
+def plot_eval_curves(curves: dict[str, Any], title: str, path: Any) -> None:
+    """Mean +- std eval loss after each inner step, one line per method (``curves[name]``: an
+    array ``(runs, steps + 1)`` as ``evaluate_*(...)["eval"]``), log scale, saved to ``path``."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ev in curves.items():
+        ev = np.asarray(ev)
+        mu, sd = ev.mean(0), ev.std(0)
+        steps = np.arange(len(mu))
+        ax.plot(steps, mu, marker="o", label=name)
+        ax.fill_between(steps, np.maximum(mu - sd, 1e-6), mu + sd, alpha=0.15)
+    ax.set_yscale("log")
+    ax.set_xlabel("inner step")
+    ax.set_ylabel("eval L2 (100 points on the domain)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
