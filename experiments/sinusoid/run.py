@@ -59,8 +59,10 @@ def from_sweep(sweep_dir: Path, out: Path, command: str) -> dict:
         "selected_run": best,
         "selection": f"lowest mean eval L2 after step {k} on {config.eval.runs} validation tasks (eval seed + 1)",
         "trained_on": info.get("device"),
+        "train_note": info.get("train_note"),
         "train_commands": info.get("commands", [info.get("command")]),
     }
+    doc["machine"] = f"evaluation: {doc['machine']}; meta-training: {info.get('device')} (sweep.train_note)"
     atomic_write_json(out / "results.json", doc)
     save_params_file(out / "learner.npz", params)
     if (sweep_dir / "metrics.jsonl").exists():
