@@ -3,8 +3,10 @@ per-leaf normalization, Adam) is one jitted function (reference-notes 5.2, 8).""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mplp_graph.compile.pipeline import Program
@@ -19,8 +22,10 @@ from mplp_graph.meta.checkpoint import (
     atomic_write_bytes,
     latest_checkpoint,
     load_checkpoint,
+    read_manifest,
     save_checkpoint,
 )
+from mplp_graph.meta.guard import Diagnosis, NonFiniteError, diagnose
 from mplp_graph.meta.objectives import MetaLoss, task_loss
 from mplp_graph.runtime.state import agent_params
 
@@ -112,46 +117,132 @@ def meta_train(
     progress: bool = True,
     meta: dict[str, Any] | None = None,
     data: Any = None,
+    keep: int = 3,
+    on_nonfinite: str = "stop",
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Run ``steps`` meta-steps, writing ``metrics.jsonl`` and checkpoints to ``run_dir``.
 
-    The key of step ``s`` is ``fold_in(key, s)``, so a resumed run draws the same tasks and
-    priors as an uninterrupted one."""
+    Exact resume: the key of step ``s`` is ``fold_in(key, s)`` and a checkpoint holds the
+    parameters (standardizer statistics included), the optimizer state and, through the metrics
+    file written just before it, the metrics; so a run killed at any moment (even during a
+    write: files are replaced atomically) and resumed gives, on the CPU, bitwise the parameters
+    and metrics of an uninterrupted run. Checkpoints record the graph's hash and ``key``;
+    resuming a run directory with another graph or key raises :class:`CheckpointError`.
+
+    ``on_nonfinite``: a meta-step whose meta-loss or meta-gradient is not finite is never
+    applied. ``"stop"`` (default) raises :class:`NonFiniteError`, whose message names the arrow
+    and learner parameters where the first non-finite value appeared (:func:`guard.diagnose`);
+    nothing is written for the failing step, so the newest checkpoint is the last good one.
+    ``"skip"`` records the step (``finite: false`` in the metrics), warns once with the
+    diagnosis, and goes on. ``keep``: how many checkpoints to keep."""
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in run_dir.glob(".metrics.jsonl.*"):  # left by a run killed while writing it
+        tmp.unlink(missing_ok=True)
+    graph = _graph_of(step_fn)
     opt_state = step_fn.optimizer.init(params)
     start = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state})
+        trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state}, graph=graph, rng_key=key)
         params, opt_state, start = trees["params"], trees["opt_state"], int(manifest["step"])
     metrics_path = run_dir / "metrics.jsonl"
-    history: list[dict[str, Any]] = []
-    if metrics_path.exists():
-        history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-        history = [h for h in history if h["step"] <= start]
-    jstep = jax.jit(step_fn.__call__)
+    history = _metrics_up_to(metrics_path, start)
+    config = {
+        **(meta or {}),
+        "meta_train": {
+            "step_fn": type(step_fn).__name__, "outer_batch": getattr(step_fn, "outer_batch", None), "steps": steps,
+            "checkpoint_every": checkpoint_every, "keep": keep, "on_nonfinite": on_nonfinite,
+        },
+    }
+    jstep = _jitted(step_fn)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=steps, initial=start, desc="meta-train", mininterval=2.0)
     t_last = time.perf_counter()
+    warned = False
     for s in range(start, steps):
-        params, opt_state, m = jstep(params, opt_state, mask, pool, jax.random.fold_in(key, s), data)
+        step_key = jax.random.fold_in(key, s)
+        new_params, new_opt, m = jstep(params, opt_state, mask, pool, step_key, data)
         m = {k: float(v) for k, v in m.items()}
+        finite = bool(m.get("finite", np.isfinite(m["loss"])))
         now = time.perf_counter()
-        row = {"step": s + 1, "loss": m["loss"], "hint": m["hint"], "cv": m["cv"], "step_s": now - t_last}
+        row = {"step": s + 1, "loss": m["loss"], "hint": m["hint"], "cv": m["cv"], "step_s": now - t_last, "finite": finite}
         t_last = now
+        if not finite:
+            diagnosis = diagnose(step_fn, params, pool, step_key, data)
+            if on_nonfinite == "stop":
+                if bar is not None:
+                    bar.close()
+                raise NonFiniteError(_nonfinite_message(s + 1, m, diagnosis, run_dir), s + 1, diagnosis)
+            if not warned:
+                warnings.warn(_nonfinite_message(s + 1, m, diagnosis, None), RuntimeWarning, stacklevel=2)
+                warned = True
+            new_params, new_opt = params, opt_state  # never apply it, whatever the step function did
+        params, opt_state = new_params, new_opt
         history.append(row)
-        if not m["finite"]:
-            raise FloatingPointError(f"non-finite meta-loss or meta-gradient at step {s + 1}; last good checkpoint kept in {run_dir}")
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.4f}", cv=f"{m['cv']:.4f}")
         if (s + 1) % checkpoint_every == 0 or s + 1 == steps:
+            # metrics first: the checkpoint's manifest, written last, marks both complete
             atomic_write_bytes(metrics_path, "".join(json.dumps(h) + "\n" for h in history).encode())
-            save_checkpoint(run_dir, s + 1, {"params": params, "opt_state": opt_state}, meta or {})
+            save_checkpoint(run_dir, s + 1, {"params": params, "opt_state": opt_state}, config, keep, graph=graph, rng_key=key)
     if bar is not None:
         bar.close()
     return params, history
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_cached(step_fn: Any) -> Any:
+    return jax.jit(step_fn.__call__)
+
+
+def _jitted(step_fn: Any) -> Any:
+    """One jitted step per step function, so that calling meta_train again (resuming in the same
+    process, tests) does not trace and compile the meta-step again."""
+    try:
+        return _jitted_cached(step_fn)
+    except TypeError:  # an unhashable step function
+        return jax.jit(step_fn.__call__)
+
+
+def _graph_of(step_fn: Any) -> Any:
+    """The graph spec a step function trains (``prog``, or MAML's forward program ``fwd``)."""
+    for name in ("prog", "fwd"):
+        prog = getattr(step_fn, name, None)
+        if isinstance(prog, Program):
+            return prog.spec
+    return None
+
+
+def _metrics_up_to(path: Path, start: int) -> list[dict[str, Any]]:
+    """The rows of steps 1..``start`` of the metrics file (a resumed run's history)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    rows = [h for h in rows if h["step"] <= start]
+    if [h["step"] for h in rows] != list(range(1, start + 1)):
+        warnings.warn(
+            f"{path}: expected one row for each step 1..{start} (the checkpoint's step), found {len(rows)} rows; "
+            "the resumed metrics will have gaps", RuntimeWarning, stacklevel=3,
+        )
+    return rows
+
+
+def _nonfinite_message(step: int, m: dict[str, float], diagnosis: Diagnosis, run_dir: Path | None) -> str:
+    groups = diagnosis.groups
+    head = f"meta-step {step}: non-finite meta-loss ({m['loss']}) or meta-gradient; the step was not applied"
+    if groups:
+        head += f". Parameter groups involved: {', '.join(repr(g) for g in groups)}"
+    lines = [head, "  " + diagnosis.describe()]
+    if run_dir is not None:
+        ckpt = latest_checkpoint(run_dir)
+        last = f"{ckpt} (step {read_manifest(ckpt)['step']})" if ckpt is not None else "none yet"
+        lines.append(
+            f"Nothing was written for step {step}; the newest checkpoint in {run_dir}, the last good one, is {last}. "
+            "Fix the cause (learning rate, standardizer statistics, task data), or pass on_nonfinite='skip' to skip such steps."
+        )
+    return "\n".join(lines)

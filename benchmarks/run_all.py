@@ -1,0 +1,78 @@
+"""The benchmark suite: run every benchmark, then print one table from their JSON results.
+
+    python benchmarks/run_all.py            # all benchmarks (long: tens of minutes on 2 cores)
+    python benchmarks/run_all.py --quick    # smoke settings (fewer rounds and runs)
+    python benchmarks/run_all.py --table    # only print the table from benchmarks/results/*.json
+
+Each benchmark writes its own JSON into ``benchmarks/results/`` (format: shared/docs/results.md)
+with the command that made it; timings are ratios measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+SUITE = {
+    # name: (full arguments, quick arguments)
+    "step_bench": ([], ["--quick"]),
+    "meta_step_bench": ([], ["--quick", "--compile-reps", "1"]),
+    "eval_bench": (["--runs", "100", "--reps", "3"], ["--runs", "20", "--reps", "1"]),
+    "memory_bench": ([], ["--steps", "20"]),
+    "compile_bench": (["--reps", "2"], ["--reps", "1"]),
+}
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table() -> str:
+    lines = [f"{'benchmark':44s} {'engine':>12s} {'direct':>12s} {'ratio':>7s}  notes"]
+    for bench in ("step_bench", "meta_step_bench"):
+        doc = _load(bench)
+        for r in (doc or {}).get("rows", []):
+            if bench == "step_bench" and not r["name"].endswith("vs_manual"):
+                continue
+            lines.append(f"{r['name']:44s} {r['engine_ms']:10.3f}ms {r['direct_ms']:10.3f}ms {r['ratio']:7.3f}  compile {r.get('compile_s', float('nan')):.1f} s")
+    for bench in ("eval_bench", "eval_bench_gpu"):
+        doc = _load(bench)
+        where = "GPU" if bench.endswith("gpu") else "CPU"
+        for name, r in (doc or {}).get("results", {}).items():
+            label = f"eval {name} ({r['runs']} runs, {where})"
+            lines.append(f"{label:44s} {r['median_s']:11.3f}s {'':>12s} {'':>7s}  first call {r['first_call_s']:.1f} s")
+    doc = _load("memory_bench")
+    for r in (doc or {}).get("results", []):
+        name = f"memory mnist {r['inner_steps']} steps, remat {'on' if r['remat'] else 'off'}"
+        lines.append(f"{name:44s} {r['total_mib']:10.1f}MiB {'':>12s} {'':>7s}")
+    doc = _load("compile_bench")
+    for name, r in (doc or {}).get("summary", {}).items():
+        lines.append(f"{'compile sinusoid meta-step, ' + name:44s} {r['compile_s']:11.1f}s {'':>12s} {r['compile_ratio_vs_default']:7.3f}  step ratio {r['step_ratio_vs_default']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--table", action="store_true", help="only print the table")
+    ap.add_argument("--only", nargs="+", choices=sorted(SUITE))
+    args = ap.parse_args(argv)
+    if not args.table:
+        for name in args.only or SUITE:
+            full, quick = SUITE[name]
+            cmd = [sys.executable, str(HERE / f"{name}.py"), *(quick if args.quick else full)]
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
