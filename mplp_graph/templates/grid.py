@@ -11,7 +11,8 @@ irregular (``mask`` removes cells: no edge reaches or leaves them) and may wrap 
   aggregated into ``n`` (``sum``: the number of live neighbours for ``life``; ``mean`` for
   ``diffuse``);
 * ``update``: every present cell applies the rule to ``(s, n)`` and writes the result back into
-  its own ``s`` (a reflexive edge per present cell; absent cells receive nothing, so they hold 0).
+  its own ``s`` (a reflexive edge per present cell; absent cells receive nothing, so an update
+  sets them to 0: start them at 0).
 
 Rules: ``life`` (Conway's Game of Life, op ``life``, not differentiable) and ``diffuse``
 (``s <- s + rate (n - s)``, op ``mix``). ``fire < 1`` makes the update asynchronous: each cell
