@@ -117,8 +117,10 @@ def test_templates_without_links_are_the_chain_templates():
 
 
 def test_skip_links_are_checked():
-    with pytest.raises(ValueError, match="jump over at least one layer"):
+    with pytest.raises(ValueError, match="must go forward over at least one layer"):
         skip_feedforward((1, 4, 4, 1), skips=[(1, 2)])
+    with pytest.raises(ValueError, match="must go forward"):
+        skip_feedforward((1, 4, 4, 1), residual=[(2, 2)])
     with pytest.raises(ValueError, match="needs equal widths"):
         skip_feedforward((1, 4, 5, 1), residual=[(0, 2)])
 
@@ -138,18 +140,18 @@ def test_inboxes_fed_by_several_groups():
 
 
 def direct_skip_loss(p, x, y, act, loss):
-    """pre_a2 = a1 W2 + b2 + x S0_3 + act(pre_a0); pred = a2 W3 + b3 + act(pre_a0) S1_4 (sizes (2,5,5,5,3))."""
+    """pre_a2 = a1 W2 + b2 + x S0_3 + a0 + a1; pred = a2 W3 + b3 + a0 S1_4 (sizes (2,5,5,5,3))."""
     f = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid}[act]
     pre0 = x @ p["W0"] + p["b0"]
     pre1 = f(pre0) @ p["W1"] + p["b1"]
-    pre2 = f(pre1) @ p["W2"] + p["b2"] + x @ p["S0_3"] + f(pre0)
+    pre2 = f(pre1) @ p["W2"] + p["b2"] + x @ p["S0_3"] + f(pre0) + f(pre1)
     pred = f(pre2) @ p["W3"] + p["b3"] + f(pre0) @ p["S1_4"]
     return jnp.mean(jnp.sum(0.5 * (y - pred) ** 2, -1))
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 def test_backprop_on_skip_dag_equals_jax_grad(act):
-    spec = skip_feedforward((2, 5, 5, 5, 3), skips=[(0, 3), (1, 4)], residual=[(1, 3)], activation=act, lr=0.1)
+    spec = skip_feedforward((2, 5, 5, 5, 3), skips=[(0, 3), (1, 4)], residual=[(1, 3), (2, 3)], activation=act, lr=0.1)
     prog = mg.compile_graph(spec)
     rng = np.random.default_rng(1)
     state = prog.init(jax.random.PRNGKey(2), 4)
@@ -514,6 +516,46 @@ def test_hybrid_learners_see_the_exact_gradient():
     assert float(jnp.abs(got["W1"]["w"] - state["W1"]["w"]).max()) > 0  # and the learners did update
 
 
+def test_hybrid_skip_dag_gradients_travel_every_connection():
+    """mplp_skip(hybrid=True): the gradient at every agent, skip synapses and residual targets
+    included, is skip_feedforward's backprop gradient."""
+    sizes, links = (2, 3, 3, 3, 2), dict(skips=[(0, 3), (1, 4)], residual=[(1, 2), (1, 3)])
+    spec = mplp_skip(sizes, **links, activation="tanh", msg=2, hidden=2, hybrid=True)
+    assert all(a.inputs[-1] == "g" for a in spec.arrows if a.op.name == "mplp_gru" and a.src != "loss")
+    prog, bp = mg.compile_graph(spec), mg.compile_graph(skip_feedforward(sizes, **links, activation="tanh", lr=0.0))
+    state = prog.init(jax.random.PRNGKey(0), 3)
+    ref = bp.init(jax.random.PRNGKey(1), 3)
+    for g in ref:
+        if "w" in ref[g]:
+            ref[g]["w"] = state[g]["w"]
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.normal(size=(3, 2)).astype(np.float32), "y": rng.normal(size=(3, 2)).astype(np.float32)}
+    got, _ = jax.jit(prog.step)(prog.init_params(jax.random.PRNGKey(1)), state, batch)
+    want, _ = jax.jit(bp.step)({}, ref, batch)
+    for g in want:
+        if "g" in want[g]:
+            np.testing.assert_allclose(got[g]["g"], want[g]["g"], rtol=1e-5, atol=1e-7, err_msg=g)
+
+
 def test_hybrid_refuses_step():
     with pytest.raises(mg.NotDifferentiableError, match="hybrid=True passes the gradient"):
         mplp_feedforward((1, 3, 1), "step", hybrid=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the experiment script (its grid part and the results file, quickly)
+
+
+def test_experiment_script_grid_part(tmp_path):
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("beyond_run", ROOT / "experiments" / "beyond" / "run.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    assert module.main(["grid", "--out", str(tmp_path)]) == 0
+    assert module.main(["collect", "--out", str(tmp_path)]) == 0
+    import json
+
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["experiment"] == "beyond" and doc["metrics"]["grid_glider_shifted_8_cells_after_32_steps"] is True
+    assert (tmp_path / "grid" / "grid.png").stat().st_size > 20_000

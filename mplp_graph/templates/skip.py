@@ -3,14 +3,15 @@ that jump over layers, so some agents receive messages from several groups (issu
 
 Nodes are numbered along the chain: node 0 is the input ``x``, node ``k`` (``0 < k < L``) is
 the hidden activation ``a{k-1}`` (the output of dense layer ``k-1``), node ``L`` the output. A
-connection ``(u, v)`` with ``v >= u + 2`` carries node ``u``'s output (its activation, or ``x``)
+connection ``(u, v)`` with ``v > u`` carries node ``u``'s output (its activation, or ``x``)
 into the pre-activation of node ``v``, i.e. into the inbox ``b{v-1}.z`` that layer ``v-1``'s
 synapses already send into (``aggregate: sum``):
 
 * ``skips``: a dense connection through its own synapses ``S{u}_{v}`` (shape
-  ``[sizes[u], sizes[v]]``): ``pre_v += act(pre_u) S``;
-* ``residual``: an identity connection (``sizes[u] == sizes[v]``), no weights:
-  ``pre_v += act(pre_u)``, as in a pre-activation residual block.
+  ``[sizes[u], sizes[v]]``, ``v >= u + 2``: it jumps over a layer): ``pre_v += act(pre_u) S``;
+* ``residual``: an identity connection (``sizes[u] == sizes[v]``, ``v >= u + 1``), no weights:
+  ``pre_v += act(pre_u)``; ``(k, k + 1)`` is the classic residual layer
+  ``h_{k+1} = act(h_k W + b + h_k)``.
 
 Backward, the backprop protocol sends the gradient along every connection: bias ``b{v-1}``
 sends ``g`` to the skip synapses too (``j -> i j``), and node ``u``'s gradient inbox
@@ -42,11 +43,12 @@ def check_links(sizes: Sequence[int], skips: Sequence[Link], residual: Sequence[
     n_nodes = len(sizes)
     seen: set[Link] = set()
     for kind, links in (("skips", skips), ("residual", residual)):
+        jump = 2 if kind == "skips" else 1  # a dense link parallel to one layer would only duplicate it
         for u, v in links:
-            if not (0 <= u and u + 2 <= v < n_nodes):
+            if not (0 <= u and u + jump <= v < n_nodes):
                 raise ValueError(
-                    f"{kind} connection ({u}, {v}) must jump over at least one layer: 0 <= u and u + 2 <= v <= {n_nodes - 1} "
-                    f"(nodes 0..{n_nodes - 1}: the input, the hidden layers, the output)"
+                    f"{kind} connection ({u}, {v}) must go forward{' over at least one layer' if jump == 2 else ''}: "
+                    f"0 <= u and u + {jump} <= v <= {n_nodes - 1} (nodes 0..{n_nodes - 1}: the input, the hidden layers, the output)"
                 )
             if (u, v) in seen:
                 raise ValueError(f"connection ({u}, {v}) is given twice")
@@ -138,6 +140,7 @@ def mplp_skip(
     sharing: Literal["none", "layers", "layers+norm"] = "none",
     standardize: Literal["frozen", "online"] = "frozen",
     out_scale_init: float = 0.01,
+    hybrid: bool = False,
     name: str | None = None,
 ) -> GraphSpec:
     """:func:`skip_feedforward`'s net trained by a learned protocol (:func:`mplp_feedforward`).
@@ -147,19 +150,23 @@ def mplp_skip(
     to every group feeding it (``W{v-1}``, each ``S{u}_{v}``, and ``a{u-1}`` for a residual),
     so the bias is updated once however many groups it answers. Skip synapses run weight
     learners (``S{u}_{v}->a{u-1}``, or ``S0_{v}.learn`` whose message is dropped like the first
-    layer's)."""
+    layer's). ``hybrid``: as in :func:`mplp_feedforward`, the chain-rule gradient also travels
+    along the connections (``<arrow>:grad``) and every learner gets ``g`` as its last input."""
     skips, residual = [tuple(s) for s in skips], [tuple(r) for r in residual]
     check_links(sizes, skips, residual)
     spec = mplp_feedforward(
         sizes, activation, loss, learner=learner, msg=msg, hidden=hidden, sharing=sharing,
-        standardize=standardize, out_scale_init=out_scale_init,
+        standardize=standardize, out_scale_init=out_scale_init, hybrid=hybrid,
     )
     stateful = learner == "gru"
+    g = ["g"] if hybrid else []
     c_param = 1 + hidden + msg
     m_w = FieldSpec(shape=(msg,), batched=True, constant_along=(0,))
     fields = {"w": FieldSpec(init={"kind": "normal", "std": W_INIT_STD}), "x": FieldSpec(batched=True, constant_along=(1,)), "m": m_w}
     if stateful:
         fields["carry"] = FieldSpec(shape=(c_param,), batched=True)
+    if hybrid:
+        fields["g"] = FieldSpec(batched=True, constant_along=(0,))
     groups, fw = _forward_links(spec, sizes, skips, residual, activation, fields)
 
     def learn(name, src, dst, inputs, **kw) -> ArrowSpec:
@@ -183,20 +190,29 @@ def mplp_skip(
         for u, vv in residual:
             if vv == v and u > 0:
                 arrows.append(_arrow(f"{b}=>a{u - 1}", b, f"a{u - 1}", "identity", ["mo"], phase="backward", into="m"))
+    if hybrid:  # the chain rule along the connections, as skip_feedforward's backprop protocol
+        for u, v in skips:
+            S, b = f"S{u}_{v}", f"b{v - 1}"
+            arrows.append(_arrow(f"{b}->{S}:grad", b, S, "identity", ["g"], phase="backward", map="j -> i j", into="g"))
+            if u > 0:
+                arrows.append(_arrow(f"{S}->a{u - 1}:grad", S, f"a{u - 1}", "mul", ["w", "g"], phase="backward", map="i j -> i", aggregate="sum", into="g"))
+        for u, v in residual:
+            if u > 0:
+                arrows.append(_arrow(f"b{v - 1}=>a{u - 1}:grad", f"b{v - 1}", f"a{u - 1}", "identity", ["g"], phase="backward", aggregate="sum", into="g"))
     for u, v in skips:
         S = f"S{u}_{v}"
         if u > 0:  # joins a{u-1}'s message inbox (mean over the whole fan-out, eq. 5)
             nm = f"{S}->a{u - 1}"
-            arrows.append(learn(nm, S, f"a{u - 1}", ["m", "w", "x"], param="w", map="i j -> i", share=learner_share(sharing, learner, "W", nm)))
+            arrows.append(learn(nm, S, f"a{u - 1}", ["m", "w", "x"] + g, param="w", map="i j -> i", share=learner_share(sharing, learner, "W", nm)))
         else:
             nm = f"{S}.learn"
-            arrows.append(learn(nm, S, S, ["m", "w", "x"], param="w", into=None, share=learner_share(sharing, learner, "W", nm)))
+            arrows.append(learn(nm, S, S, ["m", "w", "x"] + g, param="w", into=None, share=learner_share(sharing, learner, "W", nm)))
     fwd = [a for a in arrows if a.phase == "forward"]
     back = [a for a in arrows if a.phase != "forward"]
     links = ", ".join([f"dense {u}->{v}" for u, v in skips] + [f"identity {u}->{v}" for u, v in residual]) or "none"
     return spec.model_copy(
         update={
-            "name": name or _name("mplp_skip", sizes, skips, residual, activation, loss),
+            "name": name or _name("mplp_skip", sizes, skips, residual, activation, loss) + ("_hybrid" if hybrid else ""),
             "description": spec.description.replace(", trained", f", skip connections: {links}, trained", 1),
             "groups": groups,
             "arrows": tuple(fwd + fw + back),
