@@ -139,11 +139,21 @@ def typed_paths(doc: Any, action: str) -> list[tuple]:
     return paths
 
 
+def depth(doc: Any) -> int:
+    items = doc.values() if isinstance(doc, dict) else doc if isinstance(doc, list) else None
+    return 0 if items is None else 1 + max((depth(v) for v in items), default=0)
+
+
+MAX_DOC_DEPTH = 40  # copying a node into its own subtree doubles the depth; deeper ones: test_deep_nesting_*
+
+
 @st.composite
 def mutated_documents(draw) -> Any:
     doc = copy.deepcopy(draw(st.sampled_from(SEED_DOCS)))
     names = names_in(doc)
     for _ in range(draw(st.integers(1, 6))):
+        if depth(doc) > MAX_DOC_DEPTH:
+            break
         action = draw(st.sampled_from(
             ["replace", "delete", "extra", "copy", "rename", "number", "shape", "map", "duplicate", "wrap", "near"]
         ))
@@ -154,13 +164,13 @@ def mutated_documents(draw) -> Any:
         parent, key = get_at(doc, path[:-1]), path[-1]
         value = parent[key]
         if action == "replace":
-            parent[key] = draw(small_values())
+            parent[key] = copy.deepcopy(draw(small_values()))
         elif action == "delete":
             del parent[key]
         elif action == "extra":
             target = value if isinstance(value, dict) else parent if isinstance(parent, dict) else None
             if target is not None:
-                target[draw(st.one_of(st.sampled_from(KEYS + names), st.text(max_size=8)))] = draw(small_values(1))
+                target[draw(st.one_of(st.sampled_from(KEYS + names), st.text(max_size=8)))] = copy.deepcopy(draw(small_values(1)))
         elif action == "copy":  # another part of the document in the wrong place
             parent[key] = copy.deepcopy(get_at(doc, draw(st.sampled_from(paths))))
         elif action == "rename":  # a name from elsewhere: dangling or confused references
