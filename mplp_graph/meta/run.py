@@ -114,7 +114,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = True,
     return meta_train(
         step_fn, params, trainable_mask(params), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
         checkpoint_every=m.checkpoint_every, resume=resume, progress=progress,
-        meta={"experiment": config.experiment}, data=setup.data,
+        meta={"experiment": config.experiment, "config": config.model_dump(mode="json")}, data=setup.data,
     )
 
 
@@ -137,7 +137,7 @@ def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint; run training first")
     opt_state = optimizer(config).init(params)
-    trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state})
+    trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state}, graph=setup.prog.spec)
     return setup, trees["params"], int(manifest["step"])
 
 

@@ -95,7 +95,7 @@ def meta_train_sweep(
     start = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state})
+        trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state}, graph=step_fn.prog.spec, rng_key=keys)
         params, opt_state, start = trees["params"], trees["opt_state"], int(manifest["step"])
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []
@@ -115,7 +115,8 @@ def meta_train_sweep(
 
     def save(step):
         atomic_write_bytes(metrics_path, "".join(json.dumps(h) + "\n" for h in history).encode())
-        save_checkpoint(run_dir, step, {"params": params, "opt_state": opt_state}, {**(meta or {}), "runs": len(mults)})
+        save_checkpoint(run_dir, step, {"params": params, "opt_state": opt_state}, {**(meta or {}), "runs": len(mults)},
+                        graph=step_fn.prog.spec, rng_key=keys)
         save_stacked_params(run_dir / "params.npz", params)
 
     while s < steps:
