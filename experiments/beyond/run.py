@@ -4,7 +4,9 @@
     python experiments/beyond/run.py step   --steps 1000   # step-activation net meta-trained from scratch
     python experiments/beyond/run.py hybrid --steps 600    # hybrid (gradient + message) vs message only
     python experiments/beyond/run.py grid                  # Life and asynchronous diffusion on grids, drawn
+    python experiments/beyond/run.py transfer              # the ReLU-trained learner (hybrid part) on the step net
     python experiments/beyond/run.py collect               # experiments/beyond/results.json from the parts
+    python experiments/beyond/run.py replot                # the sinusoid figures again, from the parts' JSON
 
 Each part writes ``<part>/part.json`` (numbers, curves, its command, wall times) and its plots
 into ``experiments/beyond/<part>/``; ``collect`` gathers the parts into ``results.json`` in the
@@ -120,22 +122,25 @@ def write_part(part: str, doc: dict[str, Any]) -> None:
     print(f"wrote {out / 'part.json'}")
 
 
-def plot_eval(curves: dict[str, np.ndarray], title: str, path: Path) -> None:
+def plot_eval(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path) -> None:
+    """Mean +- std of the eval L2 over the runs, before and after each inner step."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, ev in curves.items():
-        mu, sd = ev.mean(0), ev.std(0)
+    for name, (mu, sd) in curves.items():
+        mu, sd = np.asarray(mu), np.asarray(sd)
         steps = np.arange(len(mu))
         ax.plot(steps, mu, marker="o", label=name)
         ax.fill_between(steps, np.maximum(mu - sd, 1e-5), mu + sd, alpha=0.15)
     ax.set_yscale("log")
     ax.set_xlabel("inner step")
     ax.set_ylabel("eval L2 (100 points on the domain)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -184,7 +189,7 @@ def part_sinusoid(part: str, spec: mg.GraphSpec, fwd_spec: mg.GraphSpec, args, t
     curves = {k: v["eval"] for k, v in rows.items()}
     out = OUT / part
     out.mkdir(parents=True, exist_ok=True)
-    plot_eval(curves, title, out / "eval.png")
+    plot_eval({k: (v.mean(0), v.std(0)) for k, v in curves.items()}, title, out / "eval.png")
     plot_meta_loss({spec.name: run["history"]}, title, out / "meta_loss.png")
     np.savez(out / "learner.npz", **{jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(run["params"])[0]})
     untrained, trained, adam_ev = curves.values()
@@ -192,6 +197,7 @@ def part_sinusoid(part: str, spec: mg.GraphSpec, fwd_spec: mg.GraphSpec, args, t
           f"untrained {untrained[:, K].mean():.4f}, Adam {adam_ev[:, K].mean():.4f} +- {adam_ev[:, K].std():.4f}", flush=True)
     hist = run["history"]
     return {
+        "title": title,
         "graph": spec.name,
         "description": spec.description,
         "learner_parameters": int(n_params),
@@ -339,17 +345,76 @@ def cmd_grid(args) -> int:
     return 0
 
 
+def steps_below(meta_loss: list[float], level: float, width: int = 50) -> int | None:
+    """The first meta-step at which the mean meta-loss of the last ``width`` steps is below ``level``."""
+    avg = smooth(meta_loss, width)
+    hit = np.flatnonzero(avg < level)
+    return int(hit[0]) + width if len(hit) else None
+
+
+def load_learner(prog: mg.Program, path: Path) -> Any:
+    """Learner parameters saved by :func:`part_sinusoid` (``learner.npz``), shaped for ``prog``."""
+    template = prog.init_params(jax.random.PRNGKey(0))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    with np.load(path) as data:
+        values = [jnp.asarray(data[jax.tree_util.keystr(p)]) for p, _ in leaves]
+    return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def cmd_transfer(args) -> int:
+    """The paper's transfer (section 4.2): the learner meta-trained on the ReLU net (hybrid part,
+    message only) run on the step net, next to the step part's own rows."""
+    path = OUT / "step" / "part.json"
+    doc = json.loads(path.read_text())
+    prog = mg.compile_graph(mplp_feedforward(SIZES, "step", msg=args.msg, hidden=args.hidden))
+    fwd = mg.compile_graph(mg.feedforward(SIZES, "step", protocol="none"))
+    params = load_learner(prog, OUT / "hybrid" / "message_only" / "learner.npz")
+    ev = evaluate(prog, fwd, params, args.runs)["eval"]
+    doc["curves"]["MPLP trained on the ReLU net, transferred"] = {"eval_mean": ev.mean(0).tolist(), "eval_std": ev.std(0).tolist()}
+    doc["metrics"].update(curve_stats("transfer_from_relu", ev))
+    doc["transfer_command"] = "python " + " ".join(["experiments/beyond/run.py", *sys.argv[1:]])
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"[transfer] eval L2 after {K} steps on the step net: {ev[:, K].mean():.4f} +- {ev[:, K].std():.4f}")
+    return cmd_replot(args)
+
+
+def cmd_replot(args) -> int:
+    """Redraw the sinusoid parts' figures from their part.json (no training)."""
+    for p in ("skip", "step"):
+        path = OUT / p / "part.json"
+        if path.exists():
+            doc = json.loads(path.read_text())
+            title = doc.get("title", doc["description"])
+            plot_eval({k: (c["eval_mean"], c["eval_std"]) for k, c in doc["curves"].items()}, title, OUT / p / "eval.png")
+            plot_meta_loss({doc["graph"]: [{"loss": l, "cv": c} for l, c in zip(doc["meta_loss"], doc["cv"])]}, title, OUT / p / "meta_loss.png")
+    for path in [OUT / "hybrid" / "part.json", *sorted(OUT.glob("seed*/hybrid/part.json"))]:
+        if path.exists():
+            doc = json.loads(path.read_text())
+            for name, run in doc["runs"].items():
+                plot_eval({k: (c["eval_mean"], c["eval_std"]) for k, c in run["curves"].items()}, run.get("title", name), path.parent / name / "eval.png")
+            seed = doc["runs"]["hybrid"]["settings"]["seed"]
+            plot_meta_loss({f"{n} ({d['meta_steps']} steps)": [{"loss": l, "cv": c} for l, c in zip(d["meta_loss"], d["cv"])] for n, d in doc["runs"].items()},
+                           f"hybrid (loss gradient + learned message) vs message only, (1, 20, 20, 1) ReLU, seed {seed}", path.parent / "meta_loss.png")
+    return 0
+
+
 def cmd_collect(args) -> int:
-    parts = {p: json.loads((OUT / p / "part.json").read_text()) for p in ("skip", "step", "hybrid", "grid") if (OUT / p / "part.json").exists()}
+    names = ("skip", "step", "hybrid", "grid")
+    paths = {p: OUT / p / "part.json" for p in names if (OUT / p / "part.json").exists()}
+    for extra in sorted(OUT.glob("seed*/hybrid/part.json")):  # the hybrid comparison with other seeds
+        paths[f"hybrid_{extra.parent.parent.name}"] = extra
+    parts = {p: json.loads(path.read_text()) for p, path in paths.items()}
     metrics: dict[str, Any] = {}
     wall: dict[str, Any] = {}
     for p, doc in parts.items():
-        if p == "hybrid":
+        if p.startswith("hybrid"):
             for name, run in doc["runs"].items():
                 for k, v in run["metrics"].items():
-                    metrics[f"hybrid_{name}_{k}"] = v
-                metrics[f"hybrid_{name}_meta_steps"] = run["meta_steps"]
-                wall[f"hybrid_{name}_meta_train"] = run["wall_s"]["meta_train"]
+                    metrics[f"{p}_{name}_{k}"] = v
+                metrics[f"{p}_{name}_meta_steps"] = run["meta_steps"]
+                for level in (0.02, 0.015):
+                    metrics[f"{p}_{name}_steps_to_meta_loss_{level}"] = steps_below(run["meta_loss"], level)
+                wall[f"{p}_{name}_meta_train"] = run["wall_s"]["meta_train"]
             continue
         for k, v in doc["metrics"].items():
             metrics[f"{p}_{k}"] = v
@@ -359,14 +424,14 @@ def cmd_collect(args) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc = {
         "experiment": "beyond",
-        "command": " && ".join(d["command"] for d in parts.values()),
+        "command": " && ".join([d["command"] for d in parts.values()] + [d["transfer_command"] for d in parts.values() if "transfer_command" in d]),
         "git_commit": commit,
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} {jax.devices()[0].platform}, 2 cores shared with other jobs, jax {jax.__version__}",
         "runs": 100,
         "wall_s": wall,
         "metrics": metrics,
-        "parts": {p: f"experiments/beyond/{p}/part.json" for p in parts},
+        "parts": {p: str(path.relative_to(OUT.parent.parent) if OUT == HERE else path) for p, path in paths.items()},
     }
     (OUT / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(metrics, indent=1))
@@ -378,7 +443,7 @@ SIZES = (1, 20, 20, 1)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=("skip", "step", "hybrid", "grid", "collect"))
+    ap.add_argument("part", choices=("skip", "step", "hybrid", "grid", "transfer", "collect", "replot"))
     ap.add_argument("--steps", type=int, default=1000, help="meta-steps (default 1000)")
     ap.add_argument("--time-budget", type=float, default=None, help="stop meta-training after this many seconds")
     ap.add_argument("--lr", type=float, default=3e-4, help="meta learning rate (default 3e-4)")
@@ -393,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     OUT = args.out
     SIZES = tuple(int(s) for s in args.sizes.split(","))
     enable_compilation_cache()
-    return {"skip": cmd_skip, "step": cmd_step, "hybrid": cmd_hybrid, "grid": cmd_grid, "collect": cmd_collect}[args.part](args)
+    commands = {"skip": cmd_skip, "step": cmd_step, "hybrid": cmd_hybrid, "grid": cmd_grid, "transfer": cmd_transfer, "collect": cmd_collect, "replot": cmd_replot}
+    return commands[args.part](args)
 
 
 if __name__ == "__main__":
