@@ -1,6 +1,6 @@
 """The graph IR: frozen data, nothing that computes.
 
-Grammar (the YAML document mirrors it one to one; see docs/ir.md)::
+Grammar (the YAML document mirrors it one to one; see docs/yaml.md and docs/concepts.md)::
 
     graph     := name, groups{name: group}, arrows[arrow], schedule?, inputs{key: ref}, outputs{key: ref}
     group     := kind, shape[int*], state{field: field}          # a tensor of agents of one kind
