@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_std": {name: ev.std(0).tolist() for name, ev in curves.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    plot_eval_curves(curves, f"sinusoid regression, {curves['Adam(0.01)'].shape[0]} runs", out / "sinusoid.png")
+    plot_eval_curves({k: (v.mean(0), v.std(0)) for k, v in curves.items()}, f"sinusoid regression, {curves['Adam(0.01)'].shape[0]} runs", out / "sinusoid.png")
     print(f"\nwrote {out / 'results.json'} and {out / 'sinusoid.png'}")
     finite = all(np.all(np.isfinite(ev)) for ev in curves.values())
     return 0 if finite else 1

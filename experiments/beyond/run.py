@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,8 +35,9 @@ import optax
 
 import mplp_graph as mg
 from mplp_graph.cache import enable_compilation_cache
-from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax
+from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax, plot_eval_curves
 from mplp_graph.meta.objectives import MetaLoss
+from mplp_graph.meta.run import git_commit
 from mplp_graph.meta.stats import init_statistics
 from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
 from mplp_graph.runtime.state import agent_params
@@ -122,31 +122,6 @@ def write_part(part: str, doc: dict[str, Any]) -> None:
     print(f"wrote {out / 'part.json'}")
 
 
-def plot_eval(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path) -> None:
-    """Mean +- std of the eval L2 over the runs, before and after each inner step."""
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, (mu, sd) in curves.items():
-        mu, sd = np.asarray(mu), np.asarray(sd)
-        steps = np.arange(len(mu))
-        ax.plot(steps, mu, marker="o", label=name)
-        ax.fill_between(steps, np.maximum(mu - sd, 1e-5), mu + sd, alpha=0.15)
-    ax.set_yscale("log")
-    ax.set_xlabel("inner step")
-    ax.set_ylabel("eval L2 (100 points on the domain)")
-    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def plot_meta_loss(histories: dict[str, list[dict]], title: str, path: Path) -> None:
     import matplotlib
 
@@ -189,7 +164,7 @@ def part_sinusoid(part: str, spec: mg.GraphSpec, fwd_spec: mg.GraphSpec, args, t
     curves = {k: v["eval"] for k, v in rows.items()}
     out = OUT / part
     out.mkdir(parents=True, exist_ok=True)
-    plot_eval({k: (v.mean(0), v.std(0)) for k, v in curves.items()}, title, out / "eval.png")
+    plot_eval_curves({k: (v.mean(0), v.std(0)) for k, v in curves.items()}, title, out / "eval.png")
     plot_meta_loss({spec.name: run["history"]}, title, out / "meta_loss.png")
     np.savez(out / "learner.npz", **{jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(run["params"])[0]})
     untrained, trained, adam_ev = curves.values()
@@ -385,13 +360,13 @@ def cmd_replot(args) -> int:
         if path.exists():
             doc = json.loads(path.read_text())
             title = doc.get("title", doc["description"])
-            plot_eval({k: (c["eval_mean"], c["eval_std"]) for k, c in doc["curves"].items()}, title, OUT / p / "eval.png")
+            plot_eval_curves({k: (c["eval_mean"], c["eval_std"]) for k, c in doc["curves"].items()}, title, OUT / p / "eval.png")
             plot_meta_loss({doc["graph"]: [{"loss": l, "cv": c} for l, c in zip(doc["meta_loss"], doc["cv"])]}, title, OUT / p / "meta_loss.png")
     for path in [OUT / "hybrid" / "part.json", *sorted(OUT.glob("seed*/hybrid/part.json"))]:
         if path.exists():
             doc = json.loads(path.read_text())
             for name, run in doc["runs"].items():
-                plot_eval({k: (c["eval_mean"], c["eval_std"]) for k, c in run["curves"].items()}, run.get("title", name), path.parent / name / "eval.png")
+                plot_eval_curves({k: (c["eval_mean"], c["eval_std"]) for k, c in run["curves"].items()}, run.get("title", name), path.parent / name / "eval.png")
             seed = doc["runs"]["hybrid"]["settings"]["seed"]
             plot_meta_loss({f"{n} ({d['meta_steps']} steps)": [{"loss": l, "cv": c} for l, c in zip(d["meta_loss"], d["cv"])] for n, d in doc["runs"].items()},
                            f"hybrid (loss gradient + learned message) vs message only, (1, 20, 20, 1) ReLU, seed {seed}", path.parent / "meta_loss.png")
@@ -421,7 +396,7 @@ def cmd_collect(args) -> int:
         if "meta_steps" in doc:
             metrics[f"{p}_meta_steps"] = doc["meta_steps"]
         wall.update({f"{p}_{k}": v for k, v in doc["wall_s"].items()})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     doc = {
         "experiment": "beyond",
         "command": " && ".join([d["command"] for d in parts.values()] + [d["transfer_command"] for d in parts.values() if "transfer_command" in d]),

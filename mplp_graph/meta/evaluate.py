@@ -101,9 +101,11 @@ def evaluate_optax(fwd: Program, optimizer: optax.GradientTransformation, family
     return jax.jit(jax.vmap(one))(jax.random.split(key, runs))
 
 
-def plot_eval_curves(curves: dict[str, Any], title: str, path: Any) -> None:
-    """Mean +- std eval loss after each inner step, one line per method (``curves[name]``: an
-    array ``(runs, steps + 1)`` as ``evaluate_*(...)["eval"]``), log scale, saved to ``path``."""
+def plot_eval_curves(curves: dict[str, tuple[Any, Any]], title: str, path: Any) -> None:
+    """Mean +- std eval loss after each inner step, one line per method (``curves[name] =
+    (mean, std)``, each ``(steps + 1,)``, e.g. of ``evaluate_*(...)["eval"]`` over runs), log
+    scale, saved to ``path``."""
+    import textwrap
     from pathlib import Path
 
     import matplotlib
@@ -113,16 +115,15 @@ def plot_eval_curves(curves: dict[str, Any], title: str, path: Any) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, ev in curves.items():
-        ev = np.asarray(ev)
-        mu, sd = ev.mean(0), ev.std(0)
+    for name, (mu, sd) in curves.items():
+        mu, sd = np.asarray(mu), np.asarray(sd)
         steps = np.arange(len(mu))
         ax.plot(steps, mu, marker="o", label=name)
         ax.fill_between(steps, np.maximum(mu - sd, 1e-6), mu + sd, alpha=0.15)
     ax.set_yscale("log")
     ax.set_xlabel("inner step")
     ax.set_ylabel("eval L2 (100 points on the domain)")
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -153,14 +153,20 @@ def save_params_file(path: str | Path, params: Any) -> None:
 
 def load_params_file(setup: Setup, path: str | Path) -> Any:
     """Learner parameters saved by :func:`save_params_file`, checked against the graph."""
-    template = setup.prog.init_params(jax.random.PRNGKey(0))
+    return load_params_like(setup.prog.init_params(jax.random.PRNGKey(0)), path)
+
+
+def load_params_like(template: Any, path: str | Path, *, stacked: bool = False) -> Any:
+    """The tree of ``template``'s structure saved in ``path`` by :func:`save_params_file`; each
+    array must have its leaf's shape, or ``(runs, *shape)`` when ``stacked`` (a sweep's runs)."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
     with np.load(path, allow_pickle=False) as data:
         out = []
         for p, v in leaves:
             key = jax.tree_util.keystr(p)
-            if key not in data or data[key].shape != v.shape:
-                raise ValueError(f"{path}: no array {key} of shape {v.shape}; the file was saved for another graph")
+            if key not in data or (data[key].shape[1:] if stacked else data[key].shape) != v.shape:
+                want = f"(runs, *{v.shape})" if stacked else str(v.shape)
+                raise ValueError(f"{path}: no array {key} of shape {want}; the file was saved for another graph")
             out.append(jnp.asarray(data[key]))
     return jax.tree_util.tree_unflatten(treedef, out)
 

@@ -31,6 +31,7 @@ from mplp_graph.meta.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from mplp_graph.meta.run import load_params_like, save_params_file
 from mplp_graph.meta.train import MetaStep
 
 
@@ -52,15 +53,6 @@ def sweep_step(step_fn: MetaStep) -> Any:
         return new, opt, m
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, 0, 0, None, None)))
-
-
-def save_stacked_params(path: str | Path, params: Any) -> None:
-    import io
-
-    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-    buf = io.BytesIO()
-    np.savez(buf, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves})
-    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def meta_train_sweep(
@@ -117,7 +109,7 @@ def meta_train_sweep(
         atomic_write_bytes(metrics_path, "".join(json.dumps(h) + "\n" for h in history).encode())
         save_checkpoint(run_dir, step, {"params": params, "opt_state": opt_state}, {**(meta or {}), "runs": len(mults)},
                         graph=step_fn.prog.spec, rng_key=keys)
-        save_stacked_params(run_dir / "params.npz", params)
+        save_params_file(run_dir / "params.npz", params)  # stacked: leading axis = run
 
     while s < steps:
         params, opt_state, m = run(params, opt_state, mults, mask, pools, keys, jnp.int32(s), data)
@@ -153,12 +145,4 @@ def meta_train_sweep(
 def load_stacked_params(template: Any, path: str | Path) -> Any:
     """The stacked learner parameters of ``params.npz`` (leading axis = run), checked against
     ``template`` (one run's parameter tree, e.g. ``prog.init_params(key)``)."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    with np.load(path, allow_pickle=False) as data:
-        out = []
-        for p, v in leaves:
-            key = jax.tree_util.keystr(p)
-            if key not in data or data[key].shape[1:] != v.shape:
-                raise ValueError(f"{path}: no array {key} of shape (runs, *{v.shape}); the file was saved for another graph")
-            out.append(jnp.asarray(data[key]))
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return load_params_like(template, path, stacked=True)
