@@ -20,13 +20,24 @@ def glorot_uniform(key: Any, shape: tuple[int, int]) -> Any:
     return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
 
 
-def split_matmul(channels: Sequence[Any], kernel: Any) -> Any:
+MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def dot(x: Any, kernel: Any, dtype: Any = None) -> Any:
+    """``x @ kernel``; with ``dtype`` (e.g. bfloat16) both operands are rounded to it and the
+    product is accumulated and returned in float32 (state and everything else stay float32)."""
+    if dtype is None:
+        return x @ kernel
+    return jnp.matmul(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def split_matmul(channels: Sequence[Any], kernel: Any, dtype: Any = None) -> Any:
     """``concat(channels, -1) @ kernel`` without building the concatenation. (..., out)"""
     out = None
     start = 0
     for x in channels:  # loop over input kinds (at most ~5), never over agents
         width = x.shape[-1]
-        term = x @ kernel[start : start + width]
+        term = dot(x, kernel[start : start + width], dtype)
         out = term if out is None else out + term
         start += width
     assert start == kernel.shape[0], f"channels give width {start}, kernel expects {kernel.shape[0]}"
@@ -44,13 +55,14 @@ def mlp_init(key: Any, sizes: Sequence[int], *, last_bias: bool = True) -> dict[
     return params
 
 
-def mlp_apply(params: dict[str, Any], channels: Sequence[Any], hidden_act, out_act=None) -> Any:
-    """Apply an MLP made by :func:`mlp_init` to input channels. (..., sizes[-1])"""
+def mlp_apply(params: dict[str, Any], channels: Sequence[Any], hidden_act, out_act=None, dtype: Any = None) -> Any:
+    """Apply an MLP made by :func:`mlp_init` to input channels. (..., sizes[-1])
+    ``dtype``: the matmul operand type (:func:`dot`)."""
     n_layers = sum(1 for k in params if k.startswith("k"))
-    h = split_matmul(channels, params["k1"])
+    h = split_matmul(channels, params["k1"], dtype)
     for n in range(1, n_layers + 1):
         if n > 1:
-            h = h @ params[f"k{n}"]
+            h = dot(h, params[f"k{n}"], dtype)
         if f"b{n}" in params:
             h = h + params[f"b{n}"]
         if n < n_layers:
@@ -82,18 +94,19 @@ def gru_init(key: Any, x_dim: int, carry: int) -> dict[str, Any]:
     }
 
 
-def gru_apply(p: dict[str, Any], channels: Sequence[Any], c: Any) -> Any:
-    """One GRU step for one agent: ``c' = u c + (1 - u) tanh(MLPx(x) + MLPc(r c) + b)``. (..., C)"""
+def gru_apply(p: dict[str, Any], channels: Sequence[Any], c: Any, dtype: Any = None) -> Any:
+    """One GRU step for one agent: ``c' = u c + (1 - u) tanh(MLPx(x) + MLPc(r c) + b)``. (..., C)
+    ``dtype``: the matmul operand type (:func:`dot`); the carry and the gates stay float32."""
     C = c.shape[-1]
     # one split matmul for the three projections of x: update gate, reset gate, MLPx layer 1
     kx = jnp.concatenate([p["W_update_x"], p["W_reset_x"], p["next_x_net"]["k1"]], axis=1)
-    xproj = split_matmul(channels, kx)  # (..., 2C + 80)
-    u = jax.nn.sigmoid(xproj[..., :C] + c @ p["W_update_c"] + p["b_update"])
-    r = jax.nn.sigmoid(xproj[..., C : 2 * C] + c @ p["W_reset_c"] + p["b_reset"])
+    xproj = split_matmul(channels, kx, dtype)  # (..., 2C + 80)
+    u = jax.nn.sigmoid(xproj[..., :C] + dot(c, p["W_update_c"], dtype) + p["b_update"])
+    r = jax.nn.sigmoid(xproj[..., C : 2 * C] + dot(c, p["W_reset_c"], dtype) + p["b_reset"])
     nx_ = p["next_x_net"]
     hx = jnp.tanh(xproj[..., 2 * C :] + nx_["b1"])
-    hx = jnp.tanh(hx @ nx_["k2"] + nx_["b2"]) @ nx_["k3"]
-    hc = mlp_apply(p["next_c_net"], [r * c], jnp.tanh)
+    hx = dot(jnp.tanh(dot(hx, nx_["k2"], dtype) + nx_["b2"]), nx_["k3"], dtype)
+    hc = mlp_apply(p["next_c_net"], [r * c], jnp.tanh, dtype=dtype)
     n = jnp.tanh(hx + hc + p["b_next"])
     return u * c + (1.0 - u) * n
 

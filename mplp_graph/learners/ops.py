@@ -10,6 +10,9 @@ parameter learners ``param`` = ``p + (delta - out_mean) * out_scale`` per exampl
 averages it over the batch when writing the parameter (paper eq. 4). The residual update and
 the output standardization follow reference-notes 2.2 and 3.2.
 
+``matmul: bfloat16`` rounds the operands of the learner's matmuls to bfloat16 and accumulates
+in float32 (default ``float32``); carries, parameters and messages stay float32.
+
 ``standardize: online`` (used only by the statistics rollout) measures the statistics on the
 current tensors, uses them at once and returns them as side outputs (reference-notes 3.3).
 """
@@ -21,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mplp_graph.learners.nets import MLP_HIDDEN, gru_apply, gru_init, mlp_apply, mlp_init
+from mplp_graph.learners.nets import MATMUL_DTYPES, MLP_HIDDEN, gru_apply, gru_init, mlp_apply, mlp_init
 from mplp_graph.learners.standardize import OUT_SCALE_INIT, channel_stats, norm_init, standardize
 from mplp_graph.ops.registry import Op, OpShapeError, register_op
 
@@ -31,6 +34,15 @@ def _int_arg(args, name, default=None, low=0):
     if not isinstance(v, int) or isinstance(v, bool) or v < low:
         raise OpShapeError(f"argument {name!r} must be an integer >= {low}, got {v!r}")
     return v
+
+
+def _matmul_dtype(args):
+    """The learner's matmul operand type: ``matmul: float32`` (default) or ``bfloat16`` (operands
+    rounded to bfloat16, products accumulated in float32; states stay float32)."""
+    name = args.get("matmul", "float32")
+    if name not in MATMUL_DTYPES:
+        raise OpShapeError(f"argument 'matmul' must be one of {sorted(MATMUL_DTYPES)}, got {name!r}")
+    return MATMUL_DTYPES[name]
 
 
 def _layout(n_inputs: int, args) -> tuple[int | None, int | None]:
@@ -84,6 +96,7 @@ def _param_update(norm, p, delta, args, side):
 
 
 def _gru_infer(shapes, args):
+    _matmul_dtype(args)
     msg = _int_arg(args, "msg", low=1)
     hidden = _int_arg(args, "hidden", low=0)
     carry, param = _layout(len(shapes), args)
@@ -115,7 +128,7 @@ def _gru_apply(params, inputs, args):
     carry_idx, param_idx = _layout(len(inputs), args)
     side: dict[str, Any] = {}
     xs = _standardize(params["norm"], _channels(inputs, carry_idx), args, side)
-    c = gru_apply(params["net"], xs, inputs[carry_idx])  # (b, *agents, C)
+    c = gru_apply(params["net"], xs, inputs[carry_idx], _matmul_dtype(args))  # (b, *agents, C)
     msg = args["msg"]
     out = {"carry": c, "message": c[..., -msg:], **side}
     if param_idx is not None:
@@ -131,7 +144,7 @@ register_op(
         infer=_gru_infer,
         apply=_gru_apply,
         init=_gru_init,
-        arg_names=("msg", "hidden", "carry", "param", "standardize", "out_scale_init"),
+        arg_names=("msg", "hidden", "carry", "param", "standardize", "out_scale_init", "matmul"),
         required_args=("msg", "hidden", "carry"),
         param_parts=("net", "norm"),
         doc="stateful MPLP learner: GRU over standardized inputs; carry [param update | hidden | message]",
@@ -144,6 +157,7 @@ register_op(
 
 
 def _mlp_infer(shapes, args):
+    _matmul_dtype(args)
     msg = _int_arg(args, "msg", low=1)
     carry, param = _layout(len(shapes), args)
     if carry is not None:
@@ -171,9 +185,10 @@ def _mlp_apply(params, inputs, args):
     side: dict[str, Any] = {}
     xs = _standardize(params["norm"], list(inputs), args, side)
     # f and g see the same standardized input, built before the update (reference-notes 2.3)
-    out = {"message": mlp_apply(params["g"], xs, jax.nn.relu, jnp.tanh)}
+    dtype = _matmul_dtype(args)
+    out = {"message": mlp_apply(params["g"], xs, jax.nn.relu, jnp.tanh, dtype)}
     if param_idx is not None:
-        delta = mlp_apply(params["f"], xs, jax.nn.relu, jnp.tanh)  # (..., 1)
+        delta = mlp_apply(params["f"], xs, jax.nn.relu, jnp.tanh, dtype)  # (..., 1)
         out["param"] = _param_update(params["norm"], inputs[param_idx], delta, args, side)
     out.update(side)
     return out
@@ -186,7 +201,7 @@ register_op(
         infer=_mlp_infer,
         apply=_mlp_apply,
         init=_mlp_init,
-        arg_names=("msg", "param", "carry", "standardize", "out_scale_init"),
+        arg_names=("msg", "param", "carry", "standardize", "out_scale_init", "matmul"),
         required_args=("msg",),
         param_parts=("f", "g", "norm"),
         doc="stateless MPLP learner: f (ReLU 80, ReLU 40, tanh 1) for updates, g (... tanh msg) for messages",

@@ -24,6 +24,7 @@ class GraphConfig(_Strict):
     hidden: int = Field(15, ge=0)
     sharing: Literal["none", "layers", "layers+norm"] = "none"
     out_scale_init: float = 0.01
+    matmul: Literal["float32", "bfloat16"] = "float32"  # learner matmul operands (float32 accumulation)
 
 
 class TaskConfig(_Strict):
