@@ -36,6 +36,11 @@ Two configs:
   sharing="layers")``; 20 inner steps of batch 8, outer batch 1, CV on 8 points, Adam 5e-4
   (reference-notes 5.5); random normal inputs and random one-hot labels.
 
+``--scaling`` adds the scaling sweep: the ``mnist`` config with the net (n_in, h, 10) for
+(144, 100), (144, 200), (784, 50), (784, 100), (784, 200) (one meta-step per round; the cost
+grows with the number of synapses, ~700 GFLOP per meta-step at (784, 100)); ``--config NAME``
+picks single ones.
+
 Per config and contender: median ms per meta-step over interleaved rounds (the order rotates
 every round), the first call's wall time (trace + lower + compile + run; the row's
 ``compile_s`` / ``direct_compile_s``), ``.lower()`` and ``.compile()`` times measured separately
@@ -117,6 +122,13 @@ CONFIGS = (
     MetaConfig("sinusoid", (1, 20, 20, 1), "relu", "l2", 8, 15, "none", 5, 10, 4, 50, 1e-4, 128, "sinusoid", iters=20),
     MetaConfig("mnist", (144, 50, 10), "sigmoid", "ce", 4, 7, "layers", 20, 8, 1, 8, 5e-4, 16, "random_class", iters=5),
 )
+# the scaling sweep (``--scaling``): the MNIST config with hidden width 50/100/200 and input 144/784
+# (the MNIST row above is its (144, 50) point); cost grows with the number of synapses
+SCALING = tuple(
+    MetaConfig(f"mnist_{n_in}x{h}", (n_in, h, 10), "sigmoid", "ce", 4, 7, "layers", 20, 8, 1, 8, 5e-4, 16, "random_class", iters=1)
+    for n_in, h in ((144, 100), (144, 200), (784, 50), (784, 100), (784, 200))
+)
+ALL_CONFIGS = CONFIGS + SCALING
 
 
 @dataclass(frozen=True)
@@ -641,7 +653,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=None,
                    help="meta-steps per contender per round (default: 20 for sinusoid, 5 for mnist)")
     p.add_argument("--quick", action="store_true", help="smoke run: 3 rounds of 3 meta-steps")
-    p.add_argument("--config", choices=[c.name for c in CONFIGS], action="append", help="only this config (repeatable)")
+    p.add_argument("--config", choices=[c.name for c in ALL_CONFIGS], action="append", help="only this config (repeatable)")
+    p.add_argument("--scaling", action="store_true",
+                   help="add the scaling sweep: (144|784, 50|100|200, 10) MNIST-shaped configs, 1 meta-step per round")
     p.add_argument("--note", action="append", default=[], metavar="KEY[=VALUE]",
                    help="extra top-level JSON entry, e.g. --note background_load (-> true) or --note 'load=2.9'")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)})")
@@ -757,7 +771,8 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfgs = [c for c in CONFIGS if not args.config or c.name in args.config]
+    pool = ALL_CONFIGS if args.scaling or args.config else CONFIGS
+    cfgs = [c for c in pool if (not args.config or c.name in args.config) or (args.scaling and c in SCALING)]
     rows = [bench_config(cfg, args) for cfg in cfgs]
     result = {
         "machine": machine_line(),
@@ -769,7 +784,8 @@ def main(argv: list[str] | None = None) -> int:
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.date.today().isoformat(),
         **args.notes,
-        "settings": {"rounds": args.rounds, "iters": args.iters, "compile_reps": args.compile_reps, "seed": args.seed, "quick": args.quick},
+        "settings": {"rounds": args.rounds, "iters": args.iters, "compile_reps": args.compile_reps, "seed": args.seed, "quick": args.quick,
+                     "scaling": args.scaling},
         "rows": rows,
     }
     write_json_atomic(args.out, result)

@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--init-params", type=Path, help="start from the learners of another sweep's params.npz (fresh optimizer state)")
     ap.add_argument("--init-runs", type=int, nargs="+", help="which runs of --init-params, one per seed")
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--keep", type=int, default=3, help="checkpoints to keep (the newest); a large value keeps them all, for selection on validation")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     enable_compilation_cache()
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     t1 = time.perf_counter()
     _, done, history = meta_train_sweep(
         meta_step(setup), params, mask, pools, keys, mults, m.steps, run_dir, data=setup.data,
-        time_budget=args.time_budget, checkpoint_every=m.checkpoint_every, log_every=args.log_every,
+        time_budget=args.time_budget, checkpoint_every=m.checkpoint_every, log_every=args.log_every, keep=args.keep,
         progress=not args.no_progress, meta={"experiment": config.experiment, **sweep_doc},
     )
     wall = time.perf_counter() - t1

@@ -13,6 +13,7 @@ from mplp_graph.meta.sweep import (
     load_stacked_params,
     meta_train_sweep,
     stack,
+    sweep_checkpoints,
     sweep_step,
     unstack,
 )
@@ -78,6 +79,25 @@ def test_sweep_training_resume_and_params_file(setup, tmp_path):
     with pytest.raises(ValueError, match="another graph"):
         other = mg.compile_graph(mplp_feedforward((1, 4, 1), msg=3, hidden=3))  # learner shapes depend on msg
         load_stacked_params(other.init_params(jax.random.PRNGKey(0)), tmp_path / "a" / "params.npz")
+
+
+def test_sweep_keeps_every_checkpoint_for_selection(setup, tmp_path):
+    """``keep`` large: every checkpoint stays, and ``sweep_checkpoints`` returns each one's
+    learners (the last equal to params.npz; earlier ones differ), for early stopping."""
+    _, runs, pools, step = setup
+    mask = trainable_mask(runs[0])
+    keys = stack([jax.random.PRNGKey(40), jax.random.PRNGKey(41)])
+    final, _, _ = meta_train_sweep(step, stack(runs), mask, stack(pools), keys, [1.0, 1.0], 3, tmp_path,
+                                   checkpoint_every=1, log_every=1, keep=10, progress=False)
+    found = sweep_checkpoints(tmp_path, runs[0])
+    assert [s for s, _ in found] == [1, 2, 3]
+    for a, b in zip(jax.tree_util.tree_leaves(found[-1][1]), jax.tree_util.tree_leaves(final)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    first = found[0][1]["b0->W0"]["norm"]["out_scale"]
+    assert first.shape[0] == 2 and float(jnp.abs(first - final["b0->W0"]["norm"]["out_scale"]).max()) > 0
+    meta_train_sweep(step, stack(runs), mask, stack(pools), keys, [1.0, 1.0], 3, tmp_path / "k1",
+                     checkpoint_every=1, log_every=1, keep=1, progress=False)
+    assert [s for s, _ in sweep_checkpoints(tmp_path / "k1", runs[0])] == [3]
 
 
 def test_cached_evaluation_uses_the_given_learner(setup):

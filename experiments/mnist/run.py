@@ -7,7 +7,9 @@ with transfers to a step activation and to a (784,100,10) net on 28x28 images.
 
 Selection: every run of the sweep is evaluated with the protocol on the *validation* split (the
 training images held out from meta-training: inner batches from the meta-training split,
-accuracy on validation images), and the best accuracy after the last step is kept. The test set
+accuracy on validation images), and the best accuracy after the last step is kept; with ``--every-checkpoint`` every checkpoint kept in the
+sweep directory (``experiments/sweep.py --keep``) competes too, which is early stopping on
+validation. The test set
 is used only for the reported numbers (reference-notes 5.6: 100 runs from fresh random priors,
 20 steps of batch 8, accuracy on the next 100 test images after each step).
 
@@ -40,7 +42,7 @@ from mplp_graph.meta.eval_mnist import (
     plot_accuracy,
 )
 from mplp_graph.meta.run import build, git_commit, load_mnist_splits, save_params_file
-from mplp_graph.meta.sweep import load_stacked_params, unstack
+from mplp_graph.meta.sweep import load_stacked_params, sweep_checkpoints, unstack
 from mplp_graph.templates.feedforward import feedforward
 from mplp_graph.templates.mplp import mplp_feedforward
 
@@ -57,28 +59,40 @@ def _prog(config: ExperimentConfig, sizes, activation: str):
     return compile_graph(spec), compile_graph(fwd)
 
 
-def select(sweep_dir: Path, runs: int, key) -> dict:
-    """Validation accuracy@20 of every run of a sweep; returns the record and the best params."""
+def candidates(sweep_dir: Path, template, every_checkpoint: bool) -> list[tuple[int | None, object]]:
+    """``(step, stacked params)`` to choose from: the sweep's last ``params.npz`` (step None), and
+    with ``every_checkpoint`` the learner of every checkpoint kept in ``sweep_dir`` (early
+    stopping on validation: a run that got worse later is taken where it was best)."""
+    out = [(None, load_stacked_params(template, sweep_dir / "params.npz"))]
+    return out + (sweep_checkpoints(sweep_dir, template) if every_checkpoint else [])
+
+
+def select(sweep_dir: Path, runs: int, key, every_checkpoint: bool = False) -> dict:
+    """Validation accuracy@20 of every run of a sweep (and of every kept checkpoint with
+    ``every_checkpoint``); returns the record and the best params."""
     config = ExperimentConfig.model_validate(yaml.safe_load((sweep_dir / "config.yaml").read_text()))
     info = json.loads((sweep_dir / "sweep.json").read_text())
     prepared, meta = load_mnist_splits(config)
     setup = build(config, data=meta)
-    stacked = load_stacked_params(setup.prog.init_params(jax.random.PRNGKey(0)), sweep_dir / "params.npz")
     val_data = {"train_x": np.asarray(meta["train_x"]), "train_y": np.asarray(meta["train_y"]), "test_x": np.asarray(meta["val_x"]), "test_y": np.asarray(meta["val_y"])}
     t = config.task
-    accs = []
-    for i in range(len(info["seeds"])):
-        acc = evaluate_mplp_mnist(setup.prog, setup.fwd, unstack(stacked, i), val_data, key, runs, t.inner_steps, t.batch)
-        accs.append(float(acc[:, -1].mean()))
-    best = int(np.argmax(accs))
+    rows, best, best_params = [], None, None
+    for step, stacked in candidates(sweep_dir, setup.prog.init_params(jax.random.PRNGKey(0)), every_checkpoint):
+        for i, (seed, mult) in enumerate(zip(info["seeds"], info["lr_mults"])):
+            params = unstack(stacked, i)
+            acc = float(evaluate_mplp_mnist(setup.prog, setup.fwd, params, val_data, key, runs, t.inner_steps, t.batch)[:, -1].mean())
+            rows.append({"run": i, "seed": seed, "lr": config.meta.lr * mult, "step": step if step is not None else info.get("steps_done"), "val_acc20": acc})
+            print(json.dumps({"sweep": str(sweep_dir), **rows[-1]}), flush=True)
+            if best is None or acc > rows[best]["val_acc20"]:
+                best, best_params = len(rows) - 1, params
     record = {
         "sweep": str(sweep_dir), "config": config.model_dump(mode="json"), "steps_done": info.get("steps_done"),
         "train_wall_s": info.get("train_wall_s"), "trained_on": info.get("device"), "train_note": info.get("train_note"),
         "commands": info.get("commands", [info.get("command")]),
-        "runs": [{"seed": s, "lr": config.meta.lr * m, "val_acc20": a} for s, m, a in zip(info["seeds"], info["lr_mults"], accs)],
-        "selected_run": best, "val_acc20": accs[best],
+        "runs": rows, "selected_run": rows[best]["run"], "selected_step": rows[best]["step"],
+        "val_acc20": rows[best]["val_acc20"],
     }
-    return {"record": record, "params": unstack(stacked, best), "config": config, "setup": setup, "prepared": prepared}
+    return {"record": record, "params": best_params, "config": config, "setup": setup, "prepared": prepared}
 
 
 def evaluate_all(chosen: dict, runs: int, runs_784: int, key, skip_784: bool) -> tuple[dict, dict, dict]:
@@ -113,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs-784", type=int, default=100)
     ap.add_argument("--skip-784", action="store_true")
     ap.add_argument("--select-only", action="store_true", help="print the validation results and stop")
+    ap.add_argument("--every-checkpoint", action="store_true", help="also choose among the checkpoints kept in each sweep directory (early stopping on validation)")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", type=Path, default=HERE)
     args = ap.parse_args(argv)
@@ -121,9 +136,9 @@ def main(argv=None) -> int:
     val_key = jax.random.PRNGKey(args.seed + 1)
     chosen, records = None, []
     for sweep in args.from_sweep:
-        c = select(sweep, args.val_runs, val_key)
+        c = select(sweep, args.val_runs, val_key, args.every_checkpoint)
         records.append(c["record"])
-        print(json.dumps({k: c["record"][k] for k in ("sweep", "steps_done", "runs", "selected_run")}), flush=True)
+        print(json.dumps({k: c["record"][k] for k in ("sweep", "steps_done", "selected_run", "selected_step", "val_acc20")}), flush=True)
         if chosen is None or c["record"]["val_acc20"] > chosen["record"]["val_acc20"]:
             chosen = c
     if args.select_only:
@@ -136,7 +151,7 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"evaluation: {jax.devices()[0].device_kind}, jax {jax.__version__}",
         "runs": args.runs,
-        "selected": {"sweep": chosen["record"]["sweep"], "run": chosen["record"]["selected_run"], "val_acc20": chosen["record"]["val_acc20"]},
+        "selected": {k: chosen["record"][k] for k in ("sweep", "selected_run", "selected_step", "val_acc20")},
         "metrics": metrics,
         "paper_table1": {k: {"acc20": v[0], "std": v[1]} for k, v in PAPER.items()},
         "configs": records,

@@ -69,6 +69,7 @@ def meta_train_sweep(
     time_budget: float | None = None,
     checkpoint_every: int = 500,
     log_every: int = 10,
+    keep: int = 3,
     resume: bool = True,
     progress: bool = True,
     meta: dict[str, Any] | None = None,
@@ -79,7 +80,8 @@ def meta_train_sweep(
 
     Step ``s`` of run ``i`` uses ``fold_in(keys[i], s)``: a resumed sweep draws what an
     uninterrupted one would. A run whose loss or gradient is not finite skips that step (the
-    others go on); the metrics record it."""
+    others go on); the metrics record it. ``keep``: how many checkpoints to keep (the newest;
+    keep them all to select a checkpoint on validation data afterwards, i.e. early stopping)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     opt_state = jax.vmap(step_fn.optimizer.init)(params)
@@ -107,7 +109,7 @@ def meta_train_sweep(
 
     def save(step):
         atomic_write_bytes(metrics_path, "".join(json.dumps(h) + "\n" for h in history).encode())
-        save_checkpoint(run_dir, step, {"params": params, "opt_state": opt_state}, {**(meta or {}), "runs": len(mults)},
+        save_checkpoint(run_dir, step, {"params": params, "opt_state": opt_state}, {**(meta or {}), "runs": len(mults)}, keep,
                         graph=step_fn.prog.spec, rng_key=keys)
         save_params_file(run_dir / "params.npz", params)  # stacked: leading axis = run
 
@@ -140,6 +142,20 @@ def meta_train_sweep(
     if bar is not None:
         bar.close()
     return params, s, history
+
+
+def sweep_checkpoints(run_dir: str | Path, template: Any) -> list[tuple[int, Any]]:
+    """``(step, stacked learner parameters)`` of every complete checkpoint kept in a sweep's
+    ``run_dir``, oldest first (``template``: one run's parameter tree). With ``keep`` large
+    enough, these are the candidates for early stopping on validation data."""
+    run_dir = Path(run_dir)
+    stacked = load_stacked_params(template, run_dir / "params.npz")  # the shapes, with the run axis
+    out = []
+    for ckpt in sorted(run_dir.glob("ckpt_*.npz")):
+        if ckpt.with_suffix(".json").exists():
+            trees, manifest = load_checkpoint(ckpt, {"params": stacked})
+            out.append((int(manifest["step"]), trees["params"]))
+    return out
 
 
 def load_stacked_params(template: Any, path: str | Path) -> Any:
