@@ -15,7 +15,7 @@ is used only for the reported numbers (reference-notes 5.6: 100 runs from fresh 
 
 Several sweeps (configurations) can be given; each one's selection result is recorded in
 ``results.json`` under ``configs``, and the best configuration by validation is evaluated.
-Writes experiments/mnist/results.json, mnist.png and learner.npz.
+Writes experiments/mnist/results.json, mnist.png, training.png and learner.npz.
 """
 
 from __future__ import annotations
@@ -60,11 +60,12 @@ def _prog(config: ExperimentConfig, sizes, activation: str):
 
 
 def candidates(sweep_dir: Path, template, every_checkpoint: bool) -> list[tuple[int | None, object]]:
-    """``(step, stacked params)`` to choose from: the sweep's last ``params.npz`` (step None), and
-    with ``every_checkpoint`` the learner of every checkpoint kept in ``sweep_dir`` (early
-    stopping on validation: a run that got worse later is taken where it was best)."""
-    out = [(None, load_stacked_params(template, sweep_dir / "params.npz"))]
-    return out + (sweep_checkpoints(sweep_dir, template) if every_checkpoint else [])
+    """``(step, stacked params)`` to choose from: the sweep's last ``params.npz`` (step None), or
+    with ``every_checkpoint`` the learners of every checkpoint kept in ``sweep_dir`` (early
+    stopping on validation: a run that got worse later is taken where it was best; the newest
+    checkpoint is params.npz)."""
+    found = sweep_checkpoints(sweep_dir, template) if every_checkpoint else []
+    return found or [(None, load_stacked_params(template, sweep_dir / "params.npz"))]
 
 
 def select(sweep_dir: Path, runs: int, key, every_checkpoint: bool = False) -> dict:
@@ -93,6 +94,45 @@ def select(sweep_dir: Path, runs: int, key, every_checkpoint: bool = False) -> d
         "val_acc20": rows[best]["val_acc20"],
     }
     return {"record": record, "params": best_params, "config": config, "setup": setup, "prepared": prepared}
+
+
+def plot_training(records: list[dict], path: Path) -> None:
+    """Left: the CV part of the meta-loss of every run of every sweep (running mean over 8 logged
+    points). Right: validation accuracy@20 of every evaluated checkpoint; the selection starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for rec in records:
+        metrics = Path(rec["sweep"]) / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        steps = np.array([r["step"] for r in rows])
+        cv = np.array([r["cv"] for r in rows])
+        width = max(1, min(8, len(rows)))
+        for i in range(cv.shape[1]):
+            smooth = np.convolve(cv[:, i], np.ones(width) / width, mode="valid")
+            seed = rec["runs"][i]["seed"] if i < len(rec["runs"]) else i
+            ax0.plot(steps[width - 1 :], smooth, lw=1.2, label=f"{Path(rec['sweep']).name} seed {seed}")
+        by_run: dict[int, list] = {}
+        for r in rec["runs"]:
+            by_run.setdefault(r["run"], []).append((r["step"], r["val_acc20"]))
+        for run, pts in by_run.items():
+            pts.sort()
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=f"{Path(rec['sweep']).name} run {run}")
+    best = max(records, key=lambda r: r["val_acc20"])
+    ax1.plot([best["selected_step"]], [best["val_acc20"]], "k*", ms=14, label="selected")
+    ax0.axhline(np.log(10) / 10, color="gray", ls=":", lw=1)  # chance: CE/10 of a uniform guess
+    ax0.set(xlabel="meta-step", ylabel="CV loss (CE / 10), running mean", title="meta-training")
+    ax1.set(xlabel="meta-step", ylabel="validation accuracy@20 (%)", title="selection on the validation split")
+    ax0.legend(fontsize=7)
+    ax1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def evaluate_all(chosen: dict, runs: int, runs_784: int, key, skip_784: bool) -> tuple[dict, dict, dict]:
@@ -141,6 +181,8 @@ def main(argv=None) -> int:
         print(json.dumps({k: c["record"][k] for k in ("sweep", "steps_done", "selected_run", "selected_step", "val_acc20")}), flush=True)
         if chosen is None or c["record"]["val_acc20"] > chosen["record"]["val_acc20"]:
             chosen = c
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_training(records, args.out / "training.png")
     if args.select_only:
         return 0
     metrics, curves, wall = evaluate_all(chosen, args.runs, args.runs_784, key, args.skip_784)
