@@ -155,47 +155,80 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from mplp_graph.meta.run import evaluate, load_trained, write_results
 
-    if not os.path.isdir(args.run_dir):
-        raise UserError(f"{args.run_dir}: no such run folder")
-    try:
-        setup, params, step = load_trained(args.run_dir)
-    except (FileNotFoundError, MplpGraphError) as e:
-        raise UserError(str(e)) from None
+    if args.learner is not None or args.config is not None:
+        if args.run_dir is not None or args.learner is None or args.config is None or args.out is None:
+            raise UserError("evaluate a saved learner with --config CONFIG.yaml --learner FILE.npz --out FOLDER (and no RUN_DIR)")
+        setup, params, step = _saved_learner(args.config, args.learner)
+        source = f"--config {args.config} --learner {args.learner}"
+    else:
+        if args.run_dir is None:
+            raise UserError("give RUN_DIR (a folder written by 'train'), or --config CONFIG.yaml --learner FILE.npz --out FOLDER")
+        if not os.path.isdir(args.run_dir):
+            raise UserError(f"{args.run_dir}: no such run folder")
+        try:
+            setup, params, step = load_trained(args.run_dir)
+        except (FileNotFoundError, MplpGraphError) as e:
+            raise UserError(str(e)) from None
+        source = args.run_dir
     if args.runs is not None:
         import dataclasses
 
         setup = dataclasses.replace(setup, config=setup.config.model_copy(update={"eval": setup.config.eval.model_copy(update={"runs": args.runs})}))
     out = Path(args.out or args.run_dir)
+    out.mkdir(parents=True, exist_ok=True)
     if setup.config.task.family == "mnist":
-        return _eval_mnist(setup, params, step, out, f"mplp-graph eval {args.run_dir}")
+        return _eval_mnist(setup, params, step, out, f"mplp-graph eval {source}", args.transfers, args.runs_784)
+    if args.transfers:
+        raise UserError("--transfers applies to MNIST configs (task.family: mnist) only")
     results = evaluate(setup, params)
-    doc = write_results(setup, results, out, command=f"mplp-graph eval {args.run_dir}", meta_steps=step, train_s=None)
+    doc = write_results(setup, results, out, command=f"mplp-graph eval {source}", meta_steps=step, train_s=None)
     for k, v in doc["metrics"].items():
         print(f"{k}: {v}")
     print(f"wrote {out / 'results.json'} and {out / 'sinusoid.png'}")
     return EXIT_OK
 
 
-def _eval_mnist(setup, params, step: int, out, command: str) -> int:
-    """MNIST protocol (reference-notes 5.6): MPLP, Adam(0.01), SGD(0.1); accuracy after each step."""
+def _saved_learner(config_path: str, learner_path: str):
+    """(setup, params, None) for a config file and a learner .npz, with located errors."""
+    from pathlib import Path
+
+    import yaml
+    from pydantic import ValidationError
+
+    from mplp_graph.meta.config import ExperimentConfig
+    from mplp_graph.meta.run import build, load_params_file
+
+    for path in (config_path, learner_path):
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: no such file")
+    try:
+        config = ExperimentConfig.model_validate(yaml.safe_load(Path(config_path).read_text()))
+    except (yaml.YAMLError, ValidationError) as e:
+        raise UserError(f"{config_path}: not a valid experiment config: {e}") from None
+    setup = build(config)
+    try:
+        params = load_params_file(setup, learner_path)
+    except (ValueError, OSError) as e:
+        raise UserError(f"{e} (is {learner_path} a learner for the graph of {config_path}?)") from None
+    return setup, params, None
+
+
+def _eval_mnist(setup, params, step, out, command: str, transfers: bool = False, runs_784: int | None = None) -> int:
+    """MNIST protocol (reference-notes 5.6): MPLP, Adam(0.01), SGD(0.1), and with ``transfers``
+    the step activation and (784, 100, 10): accuracy after each step (Table 1, Fig. 4)."""
     import jax
-    import optax
 
     from mplp_graph.meta.checkpoint import atomic_write_json
-    from mplp_graph.meta.eval_mnist import accuracy_metrics, evaluate_mplp_mnist, evaluate_optax_mnist, plot_accuracy
+    from mplp_graph.meta.eval_mnist import plot_accuracy, table1
     from mplp_graph.meta.run import git_commit, load_mnist_splits
 
     c = setup.config
     prepared, _ = load_mnist_splits(c)
     key = jax.random.PRNGKey(c.eval.seed)
-    t, runs = c.task, c.eval.runs
-    metrics, curves = {}, {}
-    accuracy_metrics(metrics, curves, "mplp", evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, runs, t.inner_steps, t.batch))
-    accuracy_metrics(metrics, curves, "adam", evaluate_optax_mnist(setup.fwd, optax.adam(c.eval.adam_lr), prepared, key, runs, t.inner_steps, t.batch))
-    accuracy_metrics(metrics, curves, "sgd", evaluate_optax_mnist(setup.fwd, optax.sgd(0.1), prepared, key, runs, t.inner_steps, t.batch))
+    metrics, curves, wall = table1(setup, params, prepared, key, c.eval.runs, adam_lr=c.eval.adam_lr, transfers=transfers, runs_784=runs_784)
     metrics["meta_steps"] = step
-    doc = {"experiment": c.experiment, "command": command, "git_commit": git_commit(), "runs": runs,
-           "metrics": metrics, "curves": curves, "config": c.model_dump(mode="json")}
+    doc = {"experiment": c.experiment, "command": command, "git_commit": git_commit(), "runs": c.eval.runs,
+           "metrics": metrics, "wall_s": wall, "curves": curves, "config": c.model_dump(mode="json")}
     atomic_write_json(out / "results.json", doc)
     plot_accuracy(curves, out / "mnist.png")
     for k, v in metrics.items():
@@ -392,10 +425,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a trained run against Adam", description="Evaluate the latest checkpoint of RUN_DIR with the paper's protocol against Adam; write results.json and a plot.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by 'train'")
+    p = sub.add_parser(
+        "eval", help="evaluate a trained run against Adam",
+        description="Evaluate the latest checkpoint of RUN_DIR, or a saved learner (--config and --learner), with the paper's "
+        "protocol against Adam (and SGD for MNIST); write results.json and a plot. Example without retraining: "
+        "mplp-graph eval --config experiments/mnist/config.yaml --learner experiments/mnist/learner.npz --transfers --out /tmp/mnist",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a folder written by 'train'")
+    p.add_argument("--config", help="an experiment config (YAML), with --learner instead of RUN_DIR")
+    p.add_argument("--learner", help="learner parameters (.npz, e.g. experiments/mnist/learner.npz) for --config's graph")
     p.add_argument("--runs", type=int, default=None, help="override eval.runs")
-    p.add_argument("--out", default=None, help="output folder (default RUN_DIR)")
+    p.add_argument("--transfers", action="store_true", help="MNIST: also the step activation and the (784, 100, 10) transfer (Table 1)")
+    p.add_argument("--runs-784", type=int, default=None, help="MNIST: runs of the (784, 100, 10) transfer (default: --runs; 0 skips it)")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR; required with --learner)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("reference", help="load a published learner file into the engine", description=cmd_reference.__doc__.replace("\n", " "))

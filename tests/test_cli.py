@@ -129,3 +129,20 @@ def test_train_and_eval_an_mnist_config(tmp_path, capsys):
         assert len(acc) == 2 and all(0.0 <= a <= 100.0 for a in acc)
     assert doc["metrics"]["meta_steps"] == 1 and "mplp_acc20" in out
     assert (run / "mnist.png").stat().st_size > 10_000
+    # the same learner saved alone (as experiments/mnist/learner.npz) reproduces the numbers
+    # without the run folder, and --transfers adds the step and (784, 100, 10) rows of Table 1
+    from mplp_graph.meta.run import load_trained, save_params_file
+
+    save_params_file(tmp_path / "learner.npz", load_trained(run)[1])
+    ev = tmp_path / "ev"
+    assert main(["eval", "--config", str(cfg), "--learner", str(tmp_path / "learner.npz"), "--transfers", "--runs-784", "1", "--out", str(ev)]) == 0
+    doc2 = json.loads((ev / "results.json").read_text())
+    assert doc2["curves"]["mplp_acc_mean"] == doc["curves"]["mplp_acc_mean"]
+    assert len(doc2["curves"]["step_acc_mean"]) == 2 and doc2["metrics"]["784_runs"] == 1 and "784_acc20" in doc2["metrics"]
+    capsys.readouterr()
+    assert main(["eval", "--learner", str(tmp_path / "learner.npz"), "--out", str(ev)]) == 2
+    assert "--config CONFIG.yaml --learner FILE.npz --out FOLDER" in capsys.readouterr().err
+    other = tmp_path / "other.yaml"
+    other.write_text(cfg.read_text().replace("msg: 2", "msg: 3"))
+    assert main(["eval", "--config", str(other), "--learner", str(tmp_path / "learner.npz"), "--out", str(ev)]) == 2
+    assert "saved for another graph" in capsys.readouterr().err

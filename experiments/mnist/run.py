@@ -28,35 +28,17 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 import yaml
 
 from mplp_graph.cache import enable_compilation_cache
-from mplp_graph.compile.pipeline import compile_graph
 from mplp_graph.meta.checkpoint import atomic_write_json
 from mplp_graph.meta.config import ExperimentConfig
-from mplp_graph.meta.eval_mnist import (
-    accuracy_metrics,
-    evaluate_mplp_mnist,
-    evaluate_optax_mnist,
-    plot_accuracy,
-)
+from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist, plot_accuracy, table1
 from mplp_graph.meta.run import build, git_commit, load_mnist_splits, save_params_file
 from mplp_graph.meta.sweep import load_stacked_params, sweep_checkpoints, unstack
-from mplp_graph.templates.feedforward import feedforward
-from mplp_graph.templates.mplp import mplp_feedforward
 
 HERE = Path(__file__).resolve().parent
 PAPER = {"mplp": (48.95, 6.35), "step": (43.07, 7.31), "784": (37.60, 9.23), "adam": (39.46, 9.57), "sgd": (14.66, 5.76)}
-
-
-def _prog(config: ExperimentConfig, sizes, activation: str):
-    g = config.graph
-    spec = mplp_feedforward(sizes, activation, "ce", learner=g.learner, msg=g.msg, hidden=g.hidden, sharing=g.sharing)
-    fwd = feedforward(sizes, "relu" if activation == "step" else activation, "ce", protocol="none")
-    if activation == "step":  # evaluate the trained net with its real (step) forward
-        fwd = fwd.model_copy(update={"arrows": tuple(a.model_copy(update={"op": a.op.model_copy(update={"name": "step"})}) if a.op.name == "relu" else a for a in fwd.arrows)})
-    return compile_graph(spec), compile_graph(fwd)
 
 
 def candidates(sweep_dir: Path, template, every_checkpoint: bool) -> list[tuple[int | None, object]]:
@@ -136,27 +118,7 @@ def plot_training(records: list[dict], path: Path) -> None:
 
 
 def evaluate_all(chosen: dict, runs: int, runs_784: int, key, skip_784: bool) -> tuple[dict, dict, dict]:
-    config, setup, prepared, params = chosen["config"], chosen["setup"], chosen["prepared"], chosen["params"]
-    t = config.task
-    metrics, curves, wall = {}, {}, {}
-    t0 = time.perf_counter()
-    accuracy_metrics(metrics, curves, "mplp", evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, runs, t.inner_steps, t.batch))
-    wall["mplp_eval"] = time.perf_counter() - t0
-    accuracy_metrics(metrics, curves, "adam", evaluate_optax_mnist(setup.fwd, optax.adam(0.01), prepared, key, runs, t.inner_steps, t.batch))
-    accuracy_metrics(metrics, curves, "sgd", evaluate_optax_mnist(setup.fwd, optax.sgd(0.1), prepared, key, runs, t.inner_steps, t.batch))
-    sizes = tuple(config.graph.sizes)
-    prog, fwd = _prog(config, sizes, "step")
-    accuracy_metrics(metrics, curves, "step", evaluate_mplp_mnist(prog, fwd, params, prepared, key, runs, t.inner_steps, t.batch))
-    if not skip_784:
-        from mplp_graph.tasks.mnist import load_mnist, preprocess
-
-        t0 = time.perf_counter()
-        data28 = preprocess(load_mnist(), size=None)
-        prog, fwd = _prog(config, (784, 100, 10), config.graph.activation)
-        accuracy_metrics(metrics, curves, "784", evaluate_mplp_mnist(prog, fwd, params, data28, key, runs_784, t.inner_steps, t.batch, chunk=10))
-        metrics["784_runs"] = runs_784
-        wall["784_eval"] = time.perf_counter() - t0
-    return metrics, curves, wall
+    return table1(chosen["setup"], chosen["params"], chosen["prepared"], key, runs, runs_784=0 if skip_784 else runs_784)
 
 
 def main(argv=None) -> int:

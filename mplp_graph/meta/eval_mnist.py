@@ -110,6 +110,60 @@ def evaluate_optax_mnist(fwd: Program, optimizer: optax.GradientTransformation, 
     return np.asarray(jax.jit(jax.vmap(one))(keys, d))
 
 
+def transfer_programs(graph: Any, sizes: tuple[int, ...], activation: str) -> tuple[Program, Program]:
+    """(learned-protocol program, forward program) of the MNIST net ``sizes`` with ``activation``,
+    learners as in ``graph`` (a :class:`mplp_graph.meta.config.GraphConfig`): the transfers of
+    Table 1 (the step activation; (784, 100, 10) on 28 x 28 images) reuse one trained learner."""
+    from mplp_graph.compile.pipeline import compile_graph
+    from mplp_graph.templates.feedforward import feedforward
+    from mplp_graph.templates.mplp import mplp_feedforward
+
+    spec = mplp_feedforward(sizes, activation, "ce", learner=graph.learner, msg=graph.msg, hidden=graph.hidden, sharing=graph.sharing)
+    fwd = feedforward(sizes, "relu" if activation == "step" else activation, "ce", protocol="none")
+    if activation == "step":  # evaluate the trained net with its real (step) forward
+        fwd = fwd.model_copy(update={"arrows": tuple(
+            a.model_copy(update={"op": a.op.model_copy(update={"name": "step"})}) if a.op.name == "relu" else a for a in fwd.arrows
+        )})
+    return compile_graph(spec), compile_graph(fwd)
+
+
+def table1(setup: Any, params: Any, data: dict[str, np.ndarray], key: Any, runs: int = 100, *, adam_lr: float = 0.01,
+           sgd_lr: float = 0.1, transfers: bool = True, runs_784: int | None = None) -> tuple[dict, dict, dict]:
+    """The paper's Table 1 for a learner (``setup``: :func:`mplp_graph.meta.run.build` of an MNIST
+    config): MPLP, Adam, SGD, and with ``transfers`` MPLP on the step activation and on
+    (784, 100, 10) with 28 x 28 images (``runs_784`` runs, default ``runs``; 0 skips it).
+    Returns ``(metrics, curves, wall seconds)``."""
+    import time
+
+    t = setup.config.task
+    metrics: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    wall: dict[str, float] = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        accuracy_metrics(metrics, curves, name, fn())
+        wall[f"{name}_eval"] = round(time.perf_counter() - t0, 1)
+
+    timed("mplp", lambda: evaluate_mplp_mnist(setup.prog, setup.fwd, params, data, key, runs, t.inner_steps, t.batch))
+    timed("adam", lambda: evaluate_optax_mnist(setup.fwd, optax.adam(adam_lr), data, key, runs, t.inner_steps, t.batch))
+    timed("sgd", lambda: evaluate_optax_mnist(setup.fwd, optax.sgd(sgd_lr), data, key, runs, t.inner_steps, t.batch))
+    if not transfers:
+        return metrics, curves, wall
+    graph = setup.config.graph
+    prog, fwd = transfer_programs(graph, tuple(graph.sizes), "step")
+    timed("step", lambda: evaluate_mplp_mnist(prog, fwd, params, data, key, runs, t.inner_steps, t.batch))
+    n784 = runs if runs_784 is None else runs_784
+    if n784:
+        from mplp_graph.tasks.mnist import load_mnist, preprocess
+
+        data28 = preprocess(load_mnist(), size=None)
+        prog, fwd = transfer_programs(graph, (784, 100, 10), graph.activation)
+        timed("784", lambda: evaluate_mplp_mnist(prog, fwd, params, data28, key, n784, t.inner_steps, t.batch, chunk=10))
+        metrics["784_runs"] = n784
+    return metrics, curves, wall
+
+
 def accuracy_metrics(metrics: dict, curves: dict, name: str, acc: np.ndarray) -> None:
     """Record ``acc`` (runs, steps): accuracy@last step mean/std, and mean/std curves."""
     metrics[f"{name}_acc20"] = float(acc[:, -1].mean())
