@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import statistics
 import sys
 import time
@@ -48,6 +49,10 @@ from mplp_graph.meta.run import (
 from mplp_graph.meta.train import make_pool, trainable_mask
 
 PRECISIONS = ("float32", "bfloat16")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def config(name: str, matmul: str, **meta) -> ExperimentConfig:
@@ -148,6 +153,7 @@ def main(argv=None) -> int:
     ap.add_argument("--train-steps", type=int, default=400)
     ap.add_argument("--eval-runs", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, 2 iterations, 20 training steps, 10 eval runs")
+    ap.add_argument("--note", help="free text stored as 'note' (e.g. other load on the machine)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/precision_bench.json")
     args = ap.parse_args(argv)
     if args.quick:
@@ -157,6 +163,9 @@ def main(argv=None) -> int:
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
         "git_commit": _git("rev-parse", "--short", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
         "date": datetime.date.today().isoformat(), "settings": vars(args) | {"out": str(args.out)},
+        "note": args.note,
+        "inference_learners": {name: {"file": f"experiments/{name}/learner.npz", "sha256": _sha256(ROOT / "experiments" / name / "learner.npz")}
+                               for name in ("sinusoid", "mnist")},
     }
     _, meta = load_mnist_splits(config("mnist", "float32"))
     doc["speed"] = {"sinusoid": speed("sinusoid", args.rounds, args.iters), "mnist": speed("mnist", args.rounds, args.mnist_iters, meta)}
