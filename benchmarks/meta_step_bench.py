@@ -773,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     pool = ALL_CONFIGS if args.scaling or args.config else CONFIGS
     cfgs = [c for c in pool if (not args.config or c.name in args.config) or (args.scaling and c in SCALING)]
-    rows = [bench_config(cfg, args) for cfg in cfgs]
+    rows: list[dict[str, Any]] = []
     result = {
         "machine": machine_line(),
         "jax": jax.__version__,
@@ -787,8 +787,12 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"rounds": args.rounds, "iters": args.iters, "compile_reps": args.compile_reps, "seed": args.seed, "quick": args.quick,
                      "scaling": args.scaling},
         "rows": rows,
+        "complete": False,
     }
-    write_json_atomic(args.out, result)
+    for cfg in cfgs:  # the file is rewritten after every config: an interrupted sweep keeps its rows
+        rows.append(bench_config(cfg, args))
+        result["complete"] = len(rows) == len(cfgs)
+        write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0
 
