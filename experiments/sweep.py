@@ -39,7 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, help="override meta.steps")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config values, e.g. meta.outer_batch=4")
     ap.add_argument("--time-budget", type=float, help="seconds of training before stopping (with a checkpoint)")
-    ap.add_argument("--init-params", type=Path, help="start from the learners of another sweep's params.npz (fresh optimizer state)")
+    ap.add_argument("--init-params", type=Path,
+                    help="start from the learners of another sweep (fresh optimizer state): its params.npz, or its run folder with --init-step")
+    ap.add_argument("--init-step", type=int, help="with --init-params RUN_DIR: the step of the kept checkpoint to start from")
     ap.add_argument("--init-runs", type=int, nargs="+", help="which runs of --init-params, one per seed")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--keep", type=int, default=3, help="checkpoints to keep (the newest); a large value keeps them all, for selection on validation")
@@ -72,14 +74,22 @@ def main(argv=None) -> int:
         runs.append(initial_params(dataclasses.replace(setup, config=cfg)))
     params = stack(runs)
     if args.init_params is not None:
-        from mplp_graph.meta.sweep import load_stacked_params
+        from mplp_graph.meta.sweep import load_stacked_params, sweep_checkpoints
 
         picked = args.init_runs or list(range(len(args.seeds)))
         if len(picked) != len(args.seeds):
             ap.error(f"--init-runs has {len(picked)} values for {len(args.seeds)} seeds")
-        loaded = load_stacked_params(runs[0], args.init_params)
+        if args.init_params.is_dir():
+            kept = dict(sweep_checkpoints(args.init_params, runs[0]))
+            if args.init_step not in kept:
+                ap.error(f"--init-params {args.init_params}: no kept checkpoint at --init-step {args.init_step}; kept steps: {sorted(kept)}")
+            loaded = kept[args.init_step]
+        else:
+            if args.init_step is not None:
+                ap.error("--init-step needs --init-params RUN_DIR (a sweep's run folder with its checkpoints)")
+            loaded = load_stacked_params(runs[0], args.init_params)
         params = jax.tree_util.tree_map(lambda a: a[jnp.asarray(picked)], loaded)
-        sweep_doc["init_params"] = {"file": str(args.init_params), "runs": picked}
+        sweep_doc["init_params"] = {"file": str(args.init_params), "step": args.init_step, "runs": picked}
     m = config.meta
     pools = stack([make_pool(setup.prog, jax.random.PRNGKey(s + 1), m.pool) for s in args.seeds])
     keys = stack([jax.random.PRNGKey(s + 2) for s in args.seeds])
