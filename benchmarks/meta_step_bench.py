@@ -771,8 +771,9 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    pool = ALL_CONFIGS if args.scaling or args.config else CONFIGS
-    cfgs = [c for c in pool if (not args.config or c.name in args.config) or (args.scaling and c in SCALING)]
+    # --config names pick configs; without it the default pair runs; --scaling adds the sweep
+    picked = [c for c in ALL_CONFIGS if c.name in args.config] if args.config else list(CONFIGS)
+    cfgs = picked + [c for c in SCALING if args.scaling and c not in picked]
     rows: list[dict[str, Any]] = []
     result = {
         "machine": machine_line(),
