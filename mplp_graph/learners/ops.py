@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mplp_graph.learners.nets import MATMUL_DTYPES, MLP_HIDDEN, gru_apply, gru_init, mlp_apply, mlp_init
+from mplp_graph.learners.nets import MATMUL_DTYPES, MLP_HIDDEN, chunked, gru_apply, gru_init, mlp_apply, mlp_init
 from mplp_graph.learners.standardize import OUT_SCALE_INIT, channel_stats, norm_init, standardize
 from mplp_graph.ops.registry import Op, OpShapeError, register_op
 
@@ -43,6 +43,22 @@ def _matmul_dtype(args):
     if name not in MATMUL_DTYPES:
         raise OpShapeError(f"argument 'matmul' must be one of {sorted(MATMUL_DTYPES)}, got {name!r}")
     return MATMUL_DTYPES[name]
+
+
+# ``chunk_rows: auto``: on a CPU, learners over more than this many agent-examples run in pieces
+# of about this size (cache-sized; benchmarks/chunk_bench.py); on GPUs and TPUs, whole.
+CPU_CHUNK_ROWS = 2048
+
+
+def _chunk_rows(args) -> int:
+    """``chunk_rows``: ``auto`` (default; :data:`CPU_CHUNK_ROWS` on a CPU backend, else 0), or an
+    integer (0: never cut). See :func:`mplp_graph.learners.nets.chunked`."""
+    v = args.get("chunk_rows", "auto")
+    if v == "auto":
+        return CPU_CHUNK_ROWS if jax.default_backend() == "cpu" else 0
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise OpShapeError(f"argument 'chunk_rows' must be 'auto' or an integer >= 0, got {v!r}")
+    return v
 
 
 def _layout(n_inputs: int, args) -> tuple[int | None, int | None]:
@@ -97,6 +113,7 @@ def _param_update(norm, p, delta, args, side):
 
 def _gru_infer(shapes, args):
     _matmul_dtype(args)
+    _chunk_rows(args)
     msg = _int_arg(args, "msg", low=1)
     hidden = _int_arg(args, "hidden", low=0)
     carry, param = _layout(len(shapes), args)
@@ -128,7 +145,9 @@ def _gru_apply(params, inputs, args):
     carry_idx, param_idx = _layout(len(inputs), args)
     side: dict[str, Any] = {}
     xs = _standardize(params["norm"], _channels(inputs, carry_idx), args, side)
-    c = gru_apply(params["net"], xs, inputs[carry_idx], _matmul_dtype(args))  # (b, *agents, C)
+    dtype = _matmul_dtype(args)
+    # (b, *agents, C), in cache-sized pieces on a CPU
+    c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype), [*xs, inputs[carry_idx]], _chunk_rows(args))
     msg = args["msg"]
     out = {"carry": c, "message": c[..., -msg:], **side}
     if param_idx is not None:
@@ -144,7 +163,7 @@ register_op(
         infer=_gru_infer,
         apply=_gru_apply,
         init=_gru_init,
-        arg_names=("msg", "hidden", "carry", "param", "standardize", "out_scale_init", "matmul"),
+        arg_names=("msg", "hidden", "carry", "param", "standardize", "out_scale_init", "matmul", "chunk_rows"),
         required_args=("msg", "hidden", "carry"),
         param_parts=("net", "norm"),
         doc="stateful MPLP learner: GRU over standardized inputs; carry [param update | hidden | message]",
@@ -158,6 +177,7 @@ register_op(
 
 def _mlp_infer(shapes, args):
     _matmul_dtype(args)
+    _chunk_rows(args)
     msg = _int_arg(args, "msg", low=1)
     carry, param = _layout(len(shapes), args)
     if carry is not None:
@@ -186,9 +206,15 @@ def _mlp_apply(params, inputs, args):
     xs = _standardize(params["norm"], list(inputs), args, side)
     # f and g see the same standardized input, built before the update (reference-notes 2.3)
     dtype = _matmul_dtype(args)
-    out = {"message": mlp_apply(params["g"], xs, jax.nn.relu, jnp.tanh, dtype)}
-    if param_idx is not None:
-        delta = mlp_apply(params["f"], xs, jax.nn.relu, jnp.tanh, dtype)  # (..., 1)
+    has_f = param_idx is not None
+
+    def nets(ts):
+        g = mlp_apply(params["g"], ts, jax.nn.relu, jnp.tanh, dtype)
+        return (g, mlp_apply(params["f"], ts, jax.nn.relu, jnp.tanh, dtype) if has_f else None)
+
+    message, delta = chunked(nets, xs, _chunk_rows(args))  # delta: (..., 1)
+    out = {"message": message}
+    if has_f:
         out["param"] = _param_update(params["norm"], inputs[param_idx], delta, args, side)
     out.update(side)
     return out
@@ -201,7 +227,7 @@ register_op(
         infer=_mlp_infer,
         apply=_mlp_apply,
         init=_mlp_init,
-        arg_names=("msg", "param", "carry", "standardize", "out_scale_init", "matmul"),
+        arg_names=("msg", "param", "carry", "standardize", "out_scale_init", "matmul", "chunk_rows"),
         required_args=("msg",),
         param_parts=("f", "g", "norm"),
         doc="stateless MPLP learner: f (ReLU 80, ReLU 40, tanh 1) for updates, g (... tanh msg) for messages",

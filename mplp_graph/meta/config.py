@@ -4,7 +4,7 @@ family, how to meta-train and evaluate. Everything a run needs is here, so a run
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,6 +25,8 @@ class GraphConfig(_Strict):
     sharing: Literal["none", "layers", "layers+norm"] = "none"
     out_scale_init: float = 0.01
     matmul: Literal["float32", "bfloat16"] = "float32"  # learner matmul operands (float32 accumulation)
+    # learners over cache-sized pieces of their agents: auto (CPU ~2,048 rows, else whole), 0 = whole
+    chunk_rows: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
 
 
 class TaskConfig(_Strict):

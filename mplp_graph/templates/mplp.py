@@ -47,7 +47,7 @@ def _add_fields(group: GroupSpec, **fields: FieldSpec) -> GroupSpec:
 def learner_arrow(
     name: str, src: str, dst: str, inputs, *, learner: str, msg: int, hidden: int, standardize: str,
     out_scale_init: float, param: str | None = None, map: str | None = None, into: str | None = "m",
-    share=None, updates=None, matmul: str = "float32",
+    share=None, updates=None, matmul: str = "float32", chunk_rows: int | str = "auto",
 ) -> ArrowSpec:
     """A backward arrow running a learner on ``[carry?] + inputs`` (the carry first for the
     stateful learner); ``param`` names the input it updates (written back through ``updates``)."""
@@ -55,6 +55,8 @@ def learner_arrow(
     args: dict = {"msg": msg, "standardize": standardize}
     if matmul != "float32":  # the default is left out, so existing graphs keep their hash
         args["matmul"] = matmul
+    if chunk_rows != "auto":
+        args["chunk_rows"] = chunk_rows
     ins = list(inputs)
     if stateful:
         ins = ["carry"] + ins
@@ -104,13 +106,16 @@ def mplp_feedforward(
     out_scale_init: float = 0.01,
     hybrid: bool = False,
     matmul: Literal["float32", "bfloat16"] = "float32",
+    chunk_rows: int | Literal["auto"] = "auto",
     name: str | None = None,
 ) -> GraphSpec:
     """A dense net trained by a learned protocol. ``msg``: message size; ``hidden``: GRU hidden
     channels (stateful only); the carry of a parameter agent is ``1 + hidden + msg`` wide.
     ``hybrid``: the learners also see the exact loss gradient at their agent (module docstring).
     ``matmul``: the learners' matmul operand type; ``bfloat16`` rounds operands to bfloat16 and
-    accumulates in float32, states stay float32 (faster on GPUs; slower on CPUs without AMX)."""
+    accumulates in float32, states stay float32 (faster on GPUs; slower on CPUs without AMX).
+    ``chunk_rows``: run each learner over cache-sized pieces of its agents (``auto``: about 2,048
+    agent-examples per piece on a CPU, whole on other backends; 0: whole; same math)."""
     if sharing not in SHARING:
         raise ValueError(f"sharing must be one of {SHARING}, got {sharing!r}")
     if learner not in ("gru", "mlp"):
@@ -145,7 +150,7 @@ def mplp_feedforward(
     def learn(name, src, dst, inputs, **kw) -> ArrowSpec:
         return learner_arrow(
             name, src, dst, inputs, learner=learner, msg=msg, hidden=hidden, standardize=standardize,
-            out_scale_init=out_scale_init, matmul=matmul, **kw,
+            out_scale_init=out_scale_init, matmul=matmul, chunk_rows=chunk_rows, **kw,
         )
 
     def share_for(kind: str, layer_arrow: str):

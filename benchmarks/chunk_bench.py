@@ -1,0 +1,159 @@
+"""Benchmark: learners over cache-sized pieces of their agents (``chunk_rows``) vs whole tensors.
+
+By default the MNIST meta-step (reference-notes 5.5: (144, 50, 10), GRU learners shared across layers, msg 4,
+hidden 7, 20 inner steps of batch 8, outer batch 1, hint 0.7 + CV 0.3, Adam 5e-4; random inputs
+and labels as in ``meta_step_bench.py``) compiled once per ``chunk_rows`` value and timed in
+interleaved rounds (the order rotates every round), so that every variant sees the same machine
+load. The first variant (0: whole tensors) is the baseline of the ratios. Before timing, every
+variant's meta-loss and new parameters are checked against the baseline's (the same math; only
+the order of the parameter-gradient sums differs).
+
+``--eval`` adds the 100-run MNIST evaluation (untrained learner; time does not depend on its
+values) with ``chunk_rows`` 0 and ``auto``.
+
+    python benchmarks/chunk_bench.py [--config mnist] [--rows 0 1024 2048 4096] [--rounds 5] [--iters 2] [--eval]
+
+``--config`` takes the names of ``meta_step_bench.py`` (``sinusoid``, ``mnist``, ``mnist_144x100``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import meta_step_bench as msb  # noqa: E402
+from bench_common import _git, machine_line, write_json_atomic  # noqa: E402
+
+from mplp_graph import compile_graph  # noqa: E402
+from mplp_graph.learners.ops import CPU_CHUNK_ROWS  # noqa: E402
+from mplp_graph.meta.objectives import MetaLoss  # noqa: E402
+from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask  # noqa: E402
+from mplp_graph.templates.mplp import mplp_feedforward  # noqa: E402
+
+
+
+def variant(cfg: msb.MetaConfig, rows, seed: int):
+    spec = mplp_feedforward(cfg.sizes, cfg.activation, cfg.loss, msg=cfg.msg, hidden=cfg.hidden, sharing=cfg.sharing, chunk_rows=rows)
+    prog = compile_graph(spec)
+    family = msb.task_family(cfg)
+    step = MetaStep(prog, family.sample, MetaLoss(cfg.hint_weight, cfg.cv_weight), cfg.outer_batch, adam(cfg.lr))
+    key = jax.random.PRNGKey(seed)
+    params = prog.init_params(key)
+    return prog, step, params, make_pool(prog, jax.random.fold_in(key, 3), cfg.pool)
+
+
+def bench_meta_step(cfg: msb.MetaConfig, rows_list: list, rounds: int, iters: int, seed: int) -> dict:
+    variants = {f"rows={r}": variant(cfg, r, seed) for r in rows_list}
+    base = next(iter(variants))
+    _, _, params, pool = variants[base]
+    mask = trainable_mask(params)
+    key = jax.random.PRNGKey(seed + 1)
+    fns, states, first, check = {}, {}, {}, {}
+    for name, (_, step, _, _) in variants.items():
+        fn = jax.jit(step.__call__)
+        opt = step.optimizer.init(params)
+        t0 = time.perf_counter()
+        p1, _, aux = fn(params, opt, mask, pool, key)
+        jax.block_until_ready(p1)
+        first[name] = round(time.perf_counter() - t0, 2)
+        check[name] = (float(aux["loss"]), p1)
+        fns[name], states[name] = fn, (params, opt)
+        print(f"{name}: first call {first[name]} s, loss {check[name][0]:.6f}", flush=True)
+    agreement = {}
+    l0, p0 = check[base]
+    for name, (loss, p1) in check.items():
+        diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p0)))
+        agreement[name] = {"loss_rel_diff": abs(loss - l0) / abs(l0), "param_max_diff": diff}
+        if abs(loss - l0) > 1e-5 * abs(l0) or diff > 2 * cfg.lr:
+            raise SystemExit(f"{name} disagrees with {base}: {agreement[name]}")
+    keys = [jax.random.fold_in(key, i) for i in range(4)]
+    times = msb.interleaved(fns, states, (mask, pool), keys, rounds, iters)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "config": {"name": cfg.name, "sizes": list(cfg.sizes), "inner_steps": cfg.inner_steps, "batch": cfg.batch, "outer_batch": cfg.outer_batch},
+        "ms_median": {k: round(v, 1) for k, v in med.items()},
+        "ratio_vs_whole": {k: round(v / med[base], 3) for k, v in med.items()},
+        "ms_rounds": {k: [round(x, 1) for x in v] for k, v in times.items()},
+        "first_call_s": first,
+        "agreement": agreement,
+    }
+
+
+def bench_eval(runs: int, reps: int) -> dict:
+    import yaml
+
+    from mplp_graph.meta.config import ExperimentConfig
+    from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
+    from mplp_graph.meta.run import build, initial_params, load_mnist_splits
+
+    raw = yaml.safe_load((HERE.parent / "experiments" / "mnist" / "config.yaml").read_text())
+    out = {}
+    for rows in (0, "auto"):
+        config = ExperimentConfig.model_validate(raw)
+        config = config.model_copy(update={
+            "meta": config.meta.model_copy(update={"stats_rounds": 1}),
+            "graph": config.graph.model_copy(update={"chunk_rows": rows}),
+        })
+        prepared, meta = load_mnist_splits(config)
+        setup = build(config, data=meta)
+        params = initial_params(setup)
+        def fn(setup=setup, params=params, prepared=prepared):
+            return evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, jax.random.PRNGKey(0), runs)
+
+        t0 = time.perf_counter()
+        acc = np.asarray(fn())
+        first = time.perf_counter() - t0
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            ts.append(time.perf_counter() - t0)
+        out[f"rows={rows}"] = {"first_call_s": round(first, 2), "median_s": round(statistics.median(ts), 2), "mean_acc_last": float(acc[:, -1].mean())}
+        print(f"eval rows={rows}: {out[f'rows={rows}']}", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", nargs="+", type=int, default=[0, 1024, CPU_CHUNK_ROWS, 4096])
+    ap.add_argument("--config", default="mnist", choices=[c.name for c in msb.ALL_CONFIGS], help="a meta_step_bench config (default mnist)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval", action="store_true", help="also time the 100-run MNIST evaluation (needs MNIST)")
+    ap.add_argument("--eval-runs", type=int, default=100)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/chunk_bench_CONFIG.json)")
+    args = ap.parse_args(argv)
+    cfg = next(c for c in msb.ALL_CONFIGS if c.name == args.config)
+    out = args.out or HERE / "results" / f"chunk_bench_{cfg.name}.json"
+    doc = {
+        "benchmark": "chunk_bench",
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "machine": machine_line(),
+        "jax": jax.__version__,
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "note": args.note,
+        "cpu_chunk_rows_default": CPU_CHUNK_ROWS,
+        "meta_step": bench_meta_step(cfg, args.rows, args.rounds, args.iters, args.seed),
+    }
+    print("ms per meta-step:", doc["meta_step"]["ms_median"], "ratio:", doc["meta_step"]["ratio_vs_whole"], flush=True)
+    write_json_atomic(out, doc)
+    if args.eval:
+        doc["eval"] = bench_eval(args.eval_runs, 2)
+        write_json_atomic(out, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Learners run in cache-sized pieces (``chunk_rows``): the same numbers as the whole tensor, in the
+forward pass and through the meta-gradient, for the stateful and the stateless learner."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mplp_graph as mg
+from mplp_graph.errors import MplpGraphError
+from mplp_graph.learners.nets import chunk_plan, chunked, gru_apply, gru_init
+from mplp_graph.meta.objectives import MetaLoss
+from mplp_graph.meta.train import MetaStep, adam, make_pool
+from mplp_graph.tasks.sinusoid import SinusoidFamily
+from mplp_graph.templates.mplp import mplp_feedforward
+
+
+def test_chunk_plan_cuts_the_largest_axis_near_the_wanted_rows():
+    assert chunk_plan((8, 144, 50), 2048) == (1, 24)  # 57,600 rows: 24 pieces of 2,400
+    assert chunk_plan((8, 144, 50), 1024) == (1, 48)
+    assert chunk_plan((8, 50, 10), 2048) is None  # 4,000 rows: under 4 x 2,048, whole
+    assert chunk_plan((8, 144, 50), 0) is None  # 0: never
+    assert chunk_plan((3, 97, 5), 16) == (1, 97)  # a prime axis is cut into single slices
+    assert chunk_plan((2, 3), 1) == (1, 3)
+
+
+def test_chunked_gru_equals_whole_values_and_gradients():
+    key = jax.random.PRNGKey(0)
+    p = gru_init(key, 6, 12)
+    m = jax.random.normal(jax.random.fold_in(key, 1), (4, 1, 9, 4))  # broadcast along the cut axis
+    w = jax.random.normal(jax.random.fold_in(key, 2), (1, 12, 9, 1))
+    x = jax.random.normal(jax.random.fold_in(key, 3), (4, 12, 1, 1))
+    c = 0.5 * jnp.tanh(jax.random.normal(jax.random.fold_in(key, 4), (4, 12, 9, 12)))
+    ct = jax.random.normal(jax.random.fold_in(key, 5), c.shape)
+    assert chunk_plan((4, 12, 9), 16) == (1, 12)
+
+    def loss(p, m, w, x, c, rows):
+        return jnp.sum(chunked(lambda ts: gru_apply(p, ts[:3], ts[3]), [m, w, x, c], rows) * ct)
+
+    assert "scan[" in str(jax.make_jaxpr(loss, static_argnums=5)(p, m, w, x, c, 16))
+    whole = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))(p, m, w, x, c, 0)
+    piece = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))(p, m, w, x, c, 16)
+    np.testing.assert_allclose(piece[0], whole[0], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(piece[1]), jax.tree_util.tree_leaves(whole[1])):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def _meta(learner, rows):
+    spec = mplp_feedforward((4, 12, 3), "sigmoid", "l2", learner=learner, msg=3, hidden=2, chunk_rows=rows)
+    prog = mg.compile_graph(spec)
+    family = SinusoidFamily(inner_steps=2, batch=6, cv_points=8)
+    params = prog.init_params(jax.random.PRNGKey(0))
+    pool = make_pool(prog, jax.random.PRNGKey(1), 2)
+    step = MetaStep(prog, family.sample, MetaLoss(), 2, adam(1e-3))
+    tasks = jax.vmap(family.sample)(jax.random.split(jax.random.PRNGKey(2), 2))
+    tasks = {**tasks, "xt": jnp.repeat(tasks["xt"], 4, -1), "xe": jnp.repeat(tasks["xe"], 4, -1),
+             "yt": jnp.repeat(tasks["yt"], 3, -1), "ye": jnp.repeat(tasks["ye"], 3, -1)}
+    loss = lambda p: step.batch_loss(p, pool, tasks)[0]  # noqa: E731
+    n_scans = str(jax.make_jaxpr(loss)(params)).count("scan[")
+    return spec, n_scans, jax.value_and_grad(loss)(params)
+
+
+@pytest.mark.parametrize("learner", ["gru", "mlp"])
+def test_chunked_learners_give_the_same_meta_loss_and_gradient(learner):
+    spec, scans, (l_whole, g_whole) = _meta(learner, 0)
+    spec_c, scans_c, (l_piece, g_piece) = _meta(learner, 8)  # W1: 6 x 4 x 12 = 288 rows, cut in 12 pieces
+    assert any(a.op.args.get("chunk_rows") == 8 for a in spec_c.arrows)
+    assert scans_c > scans  # the pieces run in a loop (lax.map)
+    assert np.isfinite(float(l_whole))
+    np.testing.assert_allclose(l_piece, l_whole, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(g_piece), jax.tree_util.tree_leaves(g_whole)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * (float(jnp.max(jnp.abs(b))) + 1e-12))
+
+
+def test_bad_chunk_rows_is_a_located_error():
+    with pytest.raises(MplpGraphError, match="chunk_rows"):
+        mg.compile_graph(mplp_feedforward((1, 4, 1), msg=3, hidden=2, chunk_rows=-3))
