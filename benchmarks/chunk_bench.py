@@ -9,7 +9,7 @@ variant's meta-loss and new parameters are checked against the baseline's (the s
 the order of the parameter-gradient sums differs).
 
 ``--eval`` adds the 100-run MNIST evaluation (untrained learner; time does not depend on its
-values) with ``chunk_rows`` 0 and ``auto``.
+values) with ``chunk_rows`` 0 and the second ``--rows`` value.
 
     python benchmarks/chunk_bench.py [--config mnist] [--rows 0 1024 2048 4096] [--rounds 5] [--iters 2] [--eval]
 
@@ -35,25 +35,26 @@ import meta_step_bench as msb  # noqa: E402
 from bench_common import _git, machine_line, write_json_atomic  # noqa: E402
 
 from mplp_graph import compile_graph  # noqa: E402
-from mplp_graph.learners.ops import CPU_CHUNK_ROWS  # noqa: E402
 from mplp_graph.meta.objectives import MetaLoss  # noqa: E402
 from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask  # noqa: E402
 from mplp_graph.templates.mplp import mplp_feedforward  # noqa: E402
 
 
 
-def variant(cfg: msb.MetaConfig, rows, seed: int):
+def variant(cfg: msb.MetaConfig, rows, seed: int, remat: bool = True):
     spec = mplp_feedforward(cfg.sizes, cfg.activation, cfg.loss, msg=cfg.msg, hidden=cfg.hidden, sharing=cfg.sharing, chunk_rows=rows)
     prog = compile_graph(spec)
     family = msb.task_family(cfg)
-    step = MetaStep(prog, family.sample, MetaLoss(cfg.hint_weight, cfg.cv_weight), cfg.outer_batch, adam(cfg.lr))
+    step = MetaStep(prog, family.sample, MetaLoss(cfg.hint_weight, cfg.cv_weight, remat=remat), cfg.outer_batch, adam(cfg.lr))
     key = jax.random.PRNGKey(seed)
     params = prog.init_params(key)
     return prog, step, params, make_pool(prog, jax.random.fold_in(key, 3), cfg.pool)
 
 
-def bench_meta_step(cfg: msb.MetaConfig, rows_list: list, rounds: int, iters: int, seed: int) -> dict:
+def bench_meta_step(cfg: msb.MetaConfig, rows_list: list, rounds: int, iters: int, seed: int, no_remat: bool = False) -> dict:
     variants = {f"rows={r}": variant(cfg, r, seed) for r in rows_list}
+    if no_remat:  # the same without the remat of each inner step (the pieces are still rematerialized)
+        variants.update({f"rows={r},no-remat": variant(cfg, r, seed, remat=False) for r in rows_list})
     base = next(iter(variants))
     _, _, params, pool = variants[base]
     mask = trainable_mask(params)
@@ -89,7 +90,7 @@ def bench_meta_step(cfg: msb.MetaConfig, rows_list: list, rounds: int, iters: in
     }
 
 
-def bench_eval(runs: int, reps: int) -> dict:
+def bench_eval(runs: int, reps: int, chunk: int) -> dict:
     import yaml
 
     from mplp_graph.meta.config import ExperimentConfig
@@ -98,7 +99,7 @@ def bench_eval(runs: int, reps: int) -> dict:
 
     raw = yaml.safe_load((HERE.parent / "experiments" / "mnist" / "config.yaml").read_text())
     out = {}
-    for rows in (0, "auto"):
+    for rows in (0, chunk):
         config = ExperimentConfig.model_validate(raw)
         config = config.model_copy(update={
             "meta": config.meta.model_copy(update={"stats_rounds": 1}),
@@ -125,11 +126,12 @@ def bench_eval(runs: int, reps: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", nargs="+", type=int, default=[0, 1024, CPU_CHUNK_ROWS, 4096])
+    ap.add_argument("--rows", nargs="+", type=int, default=[0, 1024, 2048, 4096])
     ap.add_argument("--config", default="mnist", choices=[c.name for c in msb.ALL_CONFIGS], help="a meta_step_bench config (default mnist)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-remat", action="store_true", help="also every variant without the inner-step remat")
     ap.add_argument("--eval", action="store_true", help="also time the 100-run MNIST evaluation (needs MNIST)")
     ap.add_argument("--eval-runs", type=int, default=100)
     ap.add_argument("--note", default="")
@@ -144,13 +146,12 @@ def main(argv=None) -> int:
         "jax": jax.__version__,
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "note": args.note,
-        "cpu_chunk_rows_default": CPU_CHUNK_ROWS,
-        "meta_step": bench_meta_step(cfg, args.rows, args.rounds, args.iters, args.seed),
+        "meta_step": bench_meta_step(cfg, args.rows, args.rounds, args.iters, args.seed, args.no_remat),
     }
     print("ms per meta-step:", doc["meta_step"]["ms_median"], "ratio:", doc["meta_step"]["ratio_vs_whole"], flush=True)
     write_json_atomic(out, doc)
     if args.eval:
-        doc["eval"] = bench_eval(args.eval_runs, 2)
+        doc["eval"] = bench_eval(args.eval_runs, 2, args.rows[1])
         write_json_atomic(out, doc)
     return 0
 

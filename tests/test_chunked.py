@@ -76,3 +76,18 @@ def test_chunked_learners_give_the_same_meta_loss_and_gradient(learner):
 def test_bad_chunk_rows_is_a_located_error():
     with pytest.raises(MplpGraphError, match="chunk_rows"):
         mg.compile_graph(mplp_feedforward((1, 4, 1), msg=3, hidden=2, chunk_rows=-3))
+
+
+def test_config_keys_reach_the_graph_and_the_meta_step():
+    from mplp_graph.meta.config import ExperimentConfig
+    from mplp_graph.meta.run import build, meta_step
+
+    config = ExperimentConfig.model_validate(
+        {"graph": {"sizes": [1, 8, 1], "msg": 3, "hidden": 2, "chunk_rows": 64}, "meta": {"remat": False}}
+    )
+    setup = build(config)
+    rows = {a.op.args.get("chunk_rows") for a in setup.prog.spec.arrows if a.op.name.startswith("mplp_")}
+    assert rows == {64}
+    assert meta_step(setup).objective.remat is False
+    with pytest.raises(ValueError, match="chunk_rows"):
+        ExperimentConfig.model_validate({"graph": {"chunk_rows": -1}})

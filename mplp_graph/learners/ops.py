@@ -45,19 +45,12 @@ def _matmul_dtype(args):
     return MATMUL_DTYPES[name]
 
 
-# ``chunk_rows: auto``: on a CPU, learners over more than this many agent-examples run in pieces
-# of about this size (cache-sized; benchmarks/chunk_bench.py); on GPUs and TPUs, whole.
-CPU_CHUNK_ROWS = 2048
-
-
 def _chunk_rows(args) -> int:
-    """``chunk_rows``: ``auto`` (default; :data:`CPU_CHUNK_ROWS` on a CPU backend, else 0), or an
-    integer (0: never cut). See :func:`mplp_graph.learners.nets.chunked`."""
-    v = args.get("chunk_rows", "auto")
-    if v == "auto":
-        return CPU_CHUNK_ROWS if jax.default_backend() == "cpu" else 0
+    """``chunk_rows``: 0 (default: whole tensors) or about how many agent-examples each piece of a
+    learner's agents holds (:func:`mplp_graph.learners.nets.chunked`; benchmarks/chunk_bench.py)."""
+    v = args.get("chunk_rows", 0)
     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise OpShapeError(f"argument 'chunk_rows' must be 'auto' or an integer >= 0, got {v!r}")
+        raise OpShapeError(f"argument 'chunk_rows' must be an integer >= 0 (0: whole tensors), got {v!r}")
     return v
 
 
@@ -146,7 +139,7 @@ def _gru_apply(params, inputs, args):
     side: dict[str, Any] = {}
     xs = _standardize(params["norm"], _channels(inputs, carry_idx), args, side)
     dtype = _matmul_dtype(args)
-    # (b, *agents, C), in cache-sized pieces on a CPU
+    # (b, *agents, C), in pieces of about chunk_rows agent-examples if asked
     c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype), [*xs, inputs[carry_idx]], _chunk_rows(args))
     msg = args["msg"]
     out = {"carry": c, "message": c[..., -msg:], **side}

@@ -4,7 +4,7 @@ family, how to meta-train and evaluate. Everything a run needs is here, so a run
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -25,8 +25,8 @@ class GraphConfig(_Strict):
     sharing: Literal["none", "layers", "layers+norm"] = "none"
     out_scale_init: float = 0.01
     matmul: Literal["float32", "bfloat16"] = "float32"  # learner matmul operands (float32 accumulation)
-    # learners over cache-sized pieces of their agents: auto (CPU ~2,048 rows, else whole), 0 = whole
-    chunk_rows: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
+    # learners over pieces of about this many agent-examples (0: whole tensors; docs/mplp.md)
+    chunk_rows: int = Field(0, ge=0)
 
 
 class TaskConfig(_Strict):
@@ -54,6 +54,7 @@ class MetaConfig(_Strict):
     seed: int = 0
     checkpoint_every: int = Field(500, ge=1)
     shard_tasks: bool = False  # split the outer batch over all devices (mplp_graph.meta.shard)
+    remat: bool = True  # recompute each inner step in the backward pass (MetaLoss.remat)
 
 
 class EvalConfig(_Strict):

@@ -125,7 +125,7 @@ def meta_step(setup: Setup) -> MetaStep:
         from mplp_graph.meta.shard import task_mesh
 
         mesh = task_mesh()
-    return MetaStep(setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight), m.outer_batch, optimizer(setup.config), mesh)
+    return MetaStep(setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight, m.remat), m.outer_batch, optimizer(setup.config), mesh)
 
 
 def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:

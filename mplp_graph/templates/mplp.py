@@ -47,7 +47,7 @@ def _add_fields(group: GroupSpec, **fields: FieldSpec) -> GroupSpec:
 def learner_arrow(
     name: str, src: str, dst: str, inputs, *, learner: str, msg: int, hidden: int, standardize: str,
     out_scale_init: float, param: str | None = None, map: str | None = None, into: str | None = "m",
-    share=None, updates=None, matmul: str = "float32", chunk_rows: int | str = "auto",
+    share=None, updates=None, matmul: str = "float32", chunk_rows: int = 0,
 ) -> ArrowSpec:
     """A backward arrow running a learner on ``[carry?] + inputs`` (the carry first for the
     stateful learner); ``param`` names the input it updates (written back through ``updates``)."""
@@ -55,7 +55,7 @@ def learner_arrow(
     args: dict = {"msg": msg, "standardize": standardize}
     if matmul != "float32":  # the default is left out, so existing graphs keep their hash
         args["matmul"] = matmul
-    if chunk_rows != "auto":
+    if chunk_rows:  # likewise
         args["chunk_rows"] = chunk_rows
     ins = list(inputs)
     if stateful:
@@ -106,7 +106,7 @@ def mplp_feedforward(
     out_scale_init: float = 0.01,
     hybrid: bool = False,
     matmul: Literal["float32", "bfloat16"] = "float32",
-    chunk_rows: int | Literal["auto"] = "auto",
+    chunk_rows: int = 0,
     name: str | None = None,
 ) -> GraphSpec:
     """A dense net trained by a learned protocol. ``msg``: message size; ``hidden``: GRU hidden
@@ -114,8 +114,9 @@ def mplp_feedforward(
     ``hybrid``: the learners also see the exact loss gradient at their agent (module docstring).
     ``matmul``: the learners' matmul operand type; ``bfloat16`` rounds operands to bfloat16 and
     accumulates in float32, states stay float32 (faster on GPUs; slower on CPUs without AMX).
-    ``chunk_rows``: run each learner over cache-sized pieces of its agents (``auto``: about 2,048
-    agent-examples per piece on a CPU, whole on other backends; 0: whole; same math)."""
+    ``chunk_rows``: run each learner over pieces of about this many agent-examples, each
+    rematerialized (0: whole tensors; same math; on a CPU with ``MetaLoss(remat=False)`` it can
+    be faster, see docs/mplp.md)."""
     if sharing not in SHARING:
         raise ValueError(f"sharing must be one of {SHARING}, got {sharing!r}")
     if learner not in ("gru", "mlp"):
