@@ -36,12 +36,21 @@ def _load(name: str) -> dict | None:
 
 def table() -> str:
     lines = [f"{'benchmark':44s} {'engine':>12s} {'direct':>12s} {'ratio':>7s}  notes"]
-    for bench in ("step_bench", "meta_step_bench"):
+    scaling = sorted(p.stem for p in RESULTS.glob("meta_step_scaling*.json"))
+    for bench in ("step_bench", "meta_step_bench", *scaling):
         doc = _load(bench)
         for r in (doc or {}).get("rows", []):
             if bench == "step_bench" and not r["name"].endswith("vs_manual"):
                 continue
+            if bench != "meta_step_bench" and r["name"] == "mnist_meta_step":
+                continue  # measured again in meta_step_bench
             lines.append(f"{r['name']:44s} {r['engine_ms']:10.3f}ms {r['direct_ms']:10.3f}ms {r['ratio']:7.3f}  compile {r.get('compile_s', float('nan')):.1f} s")
+    for path in sorted(RESULTS.glob("chunk_bench_*.json")):
+        doc = _load(path.stem)
+        ms = doc["meta_step"]
+        for name, t in ms["ms_median"].items():
+            label = f"{ms['config']['name']} meta-step, {name}"
+            lines.append(f"{label:44s} {t:10.1f}ms {'':>12s} {ms['ratio_vs_whole'][name]:7.3f}  vs rows=0 (whole, remat)")
     for bench in ("eval_bench", "eval_bench_gpu"):
         doc = _load(bench)
         where = "GPU" if bench.endswith("gpu") else "CPU"
