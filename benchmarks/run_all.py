@@ -44,6 +44,9 @@ def table() -> str:
                 continue
             if bench != "meta_step_bench" and r["name"] == "mnist_meta_step":
                 continue  # measured again in meta_step_bench
+            if r.get("direct_ms") is None:  # --engine-only
+                lines.append(f"{r['name']:44s} {r['engine_ms']:10.3f}ms {'-':>12s} {'-':>7s}  compile {r['compile_s']:.1f} s, engine only")
+                continue
             lines.append(f"{r['name']:44s} {r['engine_ms']:10.3f}ms {r['direct_ms']:10.3f}ms {r['ratio']:7.3f}  compile {r.get('compile_s', float('nan')):.1f} s")
     for path in sorted(RESULTS.glob("chunk_bench_*.json")):
         doc = _load(path.stem)
