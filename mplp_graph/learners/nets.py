@@ -122,8 +122,9 @@ def param_count(tree: Any) -> int:
 def chunk_plan(shape: Sequence[int], rows: int) -> tuple[int, int] | None:
     """How to cut a learner's agent tensor ``shape`` (leading axes, no feature axis) into pieces of
     about ``rows`` agent-examples: ``(axis, pieces)``, or None when it is small enough whole (under
-    ``4 * rows``: a loop of a few pieces does not pay) or its largest axis is prime. The largest axis is cut, into the divisor of its size whose pieces come closest
-    to ``rows`` (a piece never smaller than ``rows / 2`` unless the axis runs out)."""
+    ``4 * rows``: a loop of a few pieces does not pay). The largest axis is cut; the number of
+    pieces is the divisor of its size whose piece size is closest to ``rows`` in ratio (a prime
+    axis is cut into single slices)."""
     total = math.prod(shape)
     if rows <= 0 or total < 4 * rows or not shape:
         return None
