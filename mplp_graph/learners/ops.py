@@ -12,6 +12,8 @@ the output standardization follow reference-notes 2.2 and 3.2.
 
 ``matmul: bfloat16`` rounds the operands of the learner's matmuls to bfloat16 and accumulates
 in float32 (default ``float32``); carries, parameters and messages stay float32.
+``chunk_rows: N`` runs the learner over pieces of about N agent-examples (same numbers; default 0,
+whole tensors; :func:`mplp_graph.learners.nets.chunked`).
 
 ``standardize: online`` (used only by the statistics rollout) measures the statistics on the
 current tensors, uses them at once and returns them as side outputs (reference-notes 3.3).
