@@ -4,7 +4,7 @@ process (no in-memory or persistent cache), alternating, with the compiled step'
     python benchmarks/compile_bench.py [--reps 2] [--out benchmarks/results/compile_bench.json]
 
 Options compared: XLA's defaults; ``xla_llvm_disable_expensive_passes`` (skips LLVM's costly
-optimization passes); ``xla_backend_optimization_level=1``.
+optimization passes); ``xla_backend_optimization_level=1``; both.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ OPTIONS = {
     "default": {},
     "no_expensive_llvm_passes": {"xla_llvm_disable_expensive_passes": True},
     "backend_opt_level_1": {"xla_backend_optimization_level": 1},
+    "both": {"xla_backend_optimization_level": 1, "xla_llvm_disable_expensive_passes": True},
 }
 
 CHILD = r"""

@@ -55,6 +55,7 @@ class MetaConfig(_Strict):
     checkpoint_every: int = Field(500, ge=1)
     shard_tasks: bool = False  # split the outer batch over all devices (mplp_graph.meta.shard)
     remat: bool = True  # recompute each inner step in the backward pass (MetaLoss.remat)
+    fast_compile: bool = False  # compile the meta-step with XLA optimization level 1 (train.FAST_COMPILE)
 
 
 class EvalConfig(_Strict):

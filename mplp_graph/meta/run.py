@@ -27,7 +27,7 @@ from mplp_graph.meta.config import ExperimentConfig
 from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import MetaStep, adam, make_pool, meta_train, trainable_mask
+from mplp_graph.meta.train import FAST_COMPILE, MetaStep, adam, make_pool, meta_train, trainable_mask
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.feedforward import feedforward
@@ -125,7 +125,10 @@ def meta_step(setup: Setup) -> MetaStep:
         from mplp_graph.meta.shard import task_mesh
 
         mesh = task_mesh()
-    return MetaStep(setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight, m.remat), m.outer_batch, optimizer(setup.config), mesh)
+    return MetaStep(
+        setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight, m.remat), m.outer_batch, optimizer(setup.config), mesh,
+        FAST_COMPILE if m.fast_compile else (),
+    )
 
 
 def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:

@@ -1,5 +1,6 @@
-"""Learners run in cache-sized pieces (``chunk_rows``): the same numbers as the whole tensor, in the
-forward pass and through the meta-gradient, for the stateful and the stateless learner."""
+"""Performance options that must not change the numbers: learners run in cache-sized pieces
+(``chunk_rows``; forward pass and meta-gradient, stateful and stateless learner), the inner-step
+remat switch and the fast-compile XLA options, and their config keys."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import mplp_graph as mg
 from mplp_graph.errors import MplpGraphError
 from mplp_graph.learners.nets import chunk_plan, chunked, gru_apply, gru_init
 from mplp_graph.meta.objectives import MetaLoss
-from mplp_graph.meta.train import MetaStep, adam, make_pool
+from mplp_graph.meta.train import FAST_COMPILE, MetaStep, _jit_step, adam, make_pool, trainable_mask
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 
@@ -83,11 +84,30 @@ def test_config_keys_reach_the_graph_and_the_meta_step():
     from mplp_graph.meta.run import build, meta_step
 
     config = ExperimentConfig.model_validate(
-        {"graph": {"sizes": [1, 8, 1], "msg": 3, "hidden": 2, "chunk_rows": 64}, "meta": {"remat": False}}
+        {"graph": {"sizes": [1, 8, 1], "msg": 3, "hidden": 2, "chunk_rows": 64}, "meta": {"remat": False, "fast_compile": True}}
     )
     setup = build(config)
     rows = {a.op.args.get("chunk_rows") for a in setup.prog.spec.arrows if a.op.name.startswith("mplp_")}
     assert rows == {64}
-    assert meta_step(setup).objective.remat is False
+    step = meta_step(setup)
+    assert step.objective.remat is False and step.compiler_options == FAST_COMPILE
+    assert meta_step(build(ExperimentConfig())).compiler_options == ()
     with pytest.raises(ValueError, match="chunk_rows"):
         ExperimentConfig.model_validate({"graph": {"chunk_rows": -1}})
+
+
+def test_fast_compile_and_no_remat_give_the_same_meta_step():
+    prog = mg.compile_graph(mplp_feedforward((1, 6, 1), msg=3, hidden=2))
+    family = SinusoidFamily(inner_steps=2, batch=4, cv_points=8)
+    params = prog.init_params(jax.random.PRNGKey(0))
+    pool = make_pool(prog, jax.random.PRNGKey(1), 4)
+    out = {}
+    for name, objective, options in (("default", MetaLoss(), ()), ("fast", MetaLoss(), FAST_COMPILE), ("no_remat", MetaLoss(remat=False), ())):
+        step = MetaStep(prog, family.sample, objective, 2, adam(1e-3), compiler_options=options)
+        fn = _jit_step(step)
+        new, _, aux = fn(params, step.optimizer.init(params), trainable_mask(params), pool, jax.random.PRNGKey(2))
+        out[name] = (float(aux["loss"]), new)
+    for name in ("fast", "no_remat"):
+        np.testing.assert_allclose(out[name][0], out["default"][0], rtol=1e-5)
+        for a, b in zip(jax.tree_util.tree_leaves(out[name][1]), jax.tree_util.tree_leaves(out["default"][1]), strict=True):
+            np.testing.assert_allclose(a, b, atol=2e-3)  # Adam's first step: ~lr per entry
