@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import meta_step_bench as msb  # noqa: E402
 from bench_common import _git, machine_line, write_json_atomic  # noqa: E402
+from eval_bench import timed  # noqa: E402
 
 from mplp_graph import compile_graph  # noqa: E402
 from mplp_graph.meta.objectives import MetaLoss  # noqa: E402
@@ -111,15 +112,9 @@ def bench_eval(runs: int, reps: int, chunk: int) -> dict:
         def fn(setup=setup, params=params, prepared=prepared):
             return evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, jax.random.PRNGKey(0), runs)
 
-        t0 = time.perf_counter()
-        acc = np.asarray(fn())
-        first = time.perf_counter() - t0
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            ts.append(time.perf_counter() - t0)
-        out[f"rows={rows}"] = {"first_call_s": round(first, 2), "median_s": round(statistics.median(ts), 2), "mean_acc_last": float(acc[:, -1].mean())}
+        first, median, acc = timed(fn, reps)
+        acc = np.asarray(acc)
+        out[f"rows={rows}"] = {"first_call_s": round(first, 2), "median_s": round(median, 2), "mean_acc_last": float(acc[:, -1].mean())}
         print(f"eval rows={rows}: {out[f'rows={rows}']}", flush=True)
     return out
 

@@ -126,15 +126,12 @@ def chunk_plan(shape: Sequence[int], rows: int) -> tuple[int, int] | None:
     pieces is the divisor of its size whose piece size is closest to ``rows`` in ratio (a prime
     axis is cut into single slices)."""
     total = math.prod(shape)
-    if rows <= 0 or total < 4 * rows or not shape:
+    if rows <= 0 or total < 4 * rows:  # then some axis has size >= 2
         return None
     axis = max(range(len(shape)), key=lambda a: shape[a])
     size = shape[axis]
     want = total / rows  # pieces wanted
-    divisors = [d for d in range(2, size + 1) if size % d == 0]
-    if not divisors:
-        return None
-    pieces = min(divisors, key=lambda d: abs(math.log(d / want)))
+    pieces = min((d for d in range(2, size + 1) if size % d == 0), key=lambda d: abs(math.log(d / want)))
     return axis, pieces
 
 

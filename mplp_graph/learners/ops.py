@@ -47,15 +47,6 @@ def _matmul_dtype(args):
     return MATMUL_DTYPES[name]
 
 
-def _chunk_rows(args) -> int:
-    """``chunk_rows``: 0 (default: whole tensors) or about how many agent-examples each piece of a
-    learner's agents holds (:func:`mplp_graph.learners.nets.chunked`; benchmarks/chunk_bench.py)."""
-    v = args.get("chunk_rows", 0)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise OpShapeError(f"argument 'chunk_rows' must be an integer >= 0 (0: whole tensors), got {v!r}")
-    return v
-
-
 def _layout(n_inputs: int, args) -> tuple[int | None, int | None]:
     carry = args.get("carry")
     param = args.get("param")
@@ -108,7 +99,7 @@ def _param_update(norm, p, delta, args, side):
 
 def _gru_infer(shapes, args):
     _matmul_dtype(args)
-    _chunk_rows(args)
+    _int_arg(args, "chunk_rows", 0)
     msg = _int_arg(args, "msg", low=1)
     hidden = _int_arg(args, "hidden", low=0)
     carry, param = _layout(len(shapes), args)
@@ -142,7 +133,7 @@ def _gru_apply(params, inputs, args):
     xs = _standardize(params["norm"], _channels(inputs, carry_idx), args, side)
     dtype = _matmul_dtype(args)
     # (b, *agents, C), in pieces of about chunk_rows agent-examples if asked
-    c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype), [*xs, inputs[carry_idx]], _chunk_rows(args))
+    c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype), [*xs, inputs[carry_idx]], _int_arg(args, "chunk_rows", 0))
     msg = args["msg"]
     out = {"carry": c, "message": c[..., -msg:], **side}
     if param_idx is not None:
@@ -172,7 +163,7 @@ register_op(
 
 def _mlp_infer(shapes, args):
     _matmul_dtype(args)
-    _chunk_rows(args)
+    _int_arg(args, "chunk_rows", 0)
     msg = _int_arg(args, "msg", low=1)
     carry, param = _layout(len(shapes), args)
     if carry is not None:
@@ -207,7 +198,7 @@ def _mlp_apply(params, inputs, args):
         g = mlp_apply(params["g"], ts, jax.nn.relu, jnp.tanh, dtype)
         return (g, mlp_apply(params["f"], ts, jax.nn.relu, jnp.tanh, dtype) if has_f else None)
 
-    message, delta = chunked(nets, xs, _chunk_rows(args))  # delta: (..., 1)
+    message, delta = chunked(nets, xs, _int_arg(args, "chunk_rows", 0))  # delta: (..., 1)
     out = {"message": message}
     if has_f:
         out["param"] = _param_update(params["norm"], inputs[param_idx], delta, args, side)

@@ -207,7 +207,7 @@ FAST_COMPILE = (("xla_backend_optimization_level", 1),)
 
 
 def _jit_step(step_fn: Any) -> Any:
-    options = dict(getattr(step_fn, "compiler_options", ()) or ())
+    options = dict(getattr(step_fn, "compiler_options", ()))  # MamlStep / JointStep have none
     return jax.jit(step_fn.__call__, compiler_options=options or None)
 
 
