@@ -1,15 +1,26 @@
-"""Small networks written for one agent's input, batched by broadcasting over leading axes.
+"""Small networks written for one agent's input, batched over leading axes.
 
-Inputs come as a list of *channels* (each ``[..., width]``, leading axes broadcastable) instead of
-one concatenated vector: the first layer multiplies each channel by its rows of the kernel and
-adds the results, so a channel that is the same for many agents (the forward input x_i at every
-synapse w_ij, or a parameter shared by every example) is never replicated (reference-notes 8).
+Inputs come as a list of *channels* (each ``[..., width]``, leading axes broadcastable: the
+forward input x_i is the same at every synapse w_ij, a parameter is shared by every example).
+The networks flatten the agents and examples into rows and run on ``(rows, features)`` matrices.
+The first layer, ``concat(channels) @ kernel``, can be formed two ways (``first_layer``):
+
+* ``"rows"`` (default): the channels are broadcast and concatenated into one ``(rows, width)``
+  matrix (width 6 for a weight learner: 4 message + w + x), then one matmul. The matrix is small
+  next to the ``(rows, 104)`` projection that follows, and every later op works on plain rows.
+* ``"split"``: each channel is multiplied by its rows of the kernel at its own, unreplicated shape
+  and the products are broadcast-added (reference-notes 8), so no replicated input is built and
+  the first layer costs almost no FLOPs. Its backward pass sums the ``(rows, 104)`` gradient over
+  each channel's broadcast axes, which XLA's CPU backend does slowly.
+
+Both give the same numbers up to float rounding (tests/test_mplp.py). Measured on the 2-core CPU
+(benchmarks/kernel_bench.py): the MNIST weight learner's forward + backward ... (docs/mplp.md).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +32,7 @@ def glorot_uniform(key: Any, shape: tuple[int, int]) -> Any:
 
 
 MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+FIRST_LAYERS = ("rows", "split")
 
 
 def dot(x: Any, kernel: Any, dtype: Any = None) -> Any:
@@ -44,6 +56,28 @@ def split_matmul(channels: Sequence[Any], kernel: Any, dtype: Any = None) -> Any
     return out
 
 
+def row_projector(channels: Sequence[Any], lead: tuple[int, ...], dtype: Any = None, first_layer: str = "split") -> Callable[[Any], Any]:
+    """A function ``kernel -> concat(channels) @ kernel`` as a ``(rows, out)`` matrix, rows being
+    the ``lead`` axes (the channels' broadcast leading shape) flattened; see the module doc."""
+    if first_layer == "rows":
+        x = jnp.concatenate([jnp.broadcast_to(c, (*lead, c.shape[-1])) for c in channels], axis=-1)
+        x = x.reshape(-1, x.shape[-1])
+        return lambda kernel: dot(x, kernel, dtype)
+    if first_layer == "split":
+
+        def project(kernel):
+            y = split_matmul(channels, kernel, dtype)
+            return jnp.broadcast_to(y, (*lead, y.shape[-1])).reshape(-1, y.shape[-1])
+
+        return project
+    raise ValueError(f"first_layer must be one of {FIRST_LAYERS}, got {first_layer!r}")
+
+
+def lead_shape(*tensors: Any) -> tuple[int, ...]:
+    """The broadcast shape of the tensors' leading (non-feature) axes."""
+    return tuple(int(n) for n in jnp.broadcast_shapes(*(t.shape[:-1] for t in tensors)))
+
+
 def mlp_init(key: Any, sizes: Sequence[int], *, last_bias: bool = True) -> dict[str, Any]:
     """Dense layers ``sizes[0] -> ... -> sizes[-1]``: glorot-uniform kernels, zero biases."""
     keys = jax.random.split(key, len(sizes) - 1)
@@ -55,11 +89,14 @@ def mlp_init(key: Any, sizes: Sequence[int], *, last_bias: bool = True) -> dict[
     return params
 
 
-def mlp_apply(params: dict[str, Any], channels: Sequence[Any], hidden_act, out_act=None, dtype: Any = None) -> Any:
+def mlp_apply(
+    params: dict[str, Any], channels: Sequence[Any], hidden_act, out_act=None, dtype: Any = None, first_layer: str = "split"
+) -> Any:
     """Apply an MLP made by :func:`mlp_init` to input channels. (..., sizes[-1])
-    ``dtype``: the matmul operand type (:func:`dot`)."""
+    ``dtype``: the matmul operand type (:func:`dot`); ``first_layer``: see the module doc."""
+    lead = lead_shape(*channels)
     n_layers = sum(1 for k in params if k.startswith("k"))
-    h = split_matmul(channels, params["k1"], dtype)
+    h = row_projector(channels, lead, dtype, first_layer)(params["k1"])
     for n in range(1, n_layers + 1):
         if n > 1:
             h = dot(h, params[f"k{n}"], dtype)
@@ -67,7 +104,8 @@ def mlp_apply(params: dict[str, Any], channels: Sequence[Any], hidden_act, out_a
             h = h + params[f"b{n}"]
         if n < n_layers:
             h = hidden_act(h)
-    return out_act(h) if out_act is not None else h
+    h = out_act(h) if out_act is not None else h
+    return h.reshape(*lead, h.shape[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,21 +132,27 @@ def gru_init(key: Any, x_dim: int, carry: int) -> dict[str, Any]:
     }
 
 
-def gru_apply(p: dict[str, Any], channels: Sequence[Any], c: Any, dtype: Any = None) -> Any:
+def gru_apply(p: dict[str, Any], channels: Sequence[Any], c: Any, dtype: Any = None, first_layer: str = "split") -> Any:
     """One GRU step for one agent: ``c' = u c + (1 - u) tanh(MLPx(x) + MLPc(r c) + b)``. (..., C)
-    ``dtype``: the matmul operand type (:func:`dot`); the carry and the gates stay float32."""
+    ``dtype``: the matmul operand type (:func:`dot`); the carry and the gates stay float32.
+    ``first_layer``: how ``x`` meets its kernels (module doc). Computed on ``(rows, features)``
+    matrices: the gates of ``x`` and ``c`` as one 24-wide matmul each, ``MLPx``'s first layer as
+    its own matmul (so its tanh reads a contiguous matrix)."""
+    lead = lead_shape(c, *channels)
     C = c.shape[-1]
-    # one split matmul for the three projections of x: update gate, reset gate, MLPx layer 1
-    kx = jnp.concatenate([p["W_update_x"], p["W_reset_x"], p["next_x_net"]["k1"]], axis=1)
-    xproj = split_matmul(channels, kx, dtype)  # (..., 2C + 80)
-    u = jax.nn.sigmoid(xproj[..., :C] + dot(c, p["W_update_c"], dtype) + p["b_update"])
-    r = jax.nn.sigmoid(xproj[..., C : 2 * C] + dot(c, p["W_reset_c"], dtype) + p["b_reset"])
-    nx_ = p["next_x_net"]
-    hx = jnp.tanh(xproj[..., 2 * C :] + nx_["b1"])
-    hx = dot(jnp.tanh(dot(hx, nx_["k2"], dtype) + nx_["b2"]), nx_["k3"], dtype)
-    hc = mlp_apply(p["next_c_net"], [r * c], jnp.tanh, dtype=dtype)
-    n = jnp.tanh(hx + hc + p["b_next"])
-    return u * c + (1.0 - u) * n
+    project = row_projector(channels, lead, dtype, first_layer)
+    c = jnp.broadcast_to(c, (*lead, C)).reshape(-1, C)
+    gates_x = project(jnp.concatenate([p["W_update_x"], p["W_reset_x"]], axis=1))
+    gates_c = dot(c, jnp.concatenate([p["W_update_c"], p["W_reset_c"]], axis=1), dtype)
+    gates = jax.nn.sigmoid(gates_x + gates_c + jnp.concatenate([p["b_update"], p["b_reset"]]))
+    u, r = gates[:, :C], gates[:, C:]
+    nx_, nc_ = p["next_x_net"], p["next_c_net"]
+    hx = jnp.tanh(project(nx_["k1"]) + nx_["b1"])
+    hx = jnp.tanh(dot(hx, nx_["k2"], dtype) + nx_["b2"])
+    hc = jnp.tanh(dot(r * c, nc_["k1"], dtype) + nc_["b1"])
+    hc = jnp.tanh(dot(hc, nc_["k2"], dtype) + nc_["b2"])
+    n = jnp.tanh(dot(hx, nx_["k3"], dtype) + dot(hc, nc_["k3"], dtype) + p["b_next"])
+    return (u * c + (1.0 - u) * n).reshape(*lead, C)
 
 
 def param_count(tree: Any) -> int:
@@ -153,7 +197,7 @@ def chunked(fn, tensors: Sequence[Any], rows: int) -> Any:
     pieces are then computed three times); docs/mplp.md. On a GPU one big kernel is better."""
     if rows <= 0 or len({t.ndim for t in tensors}) != 1:
         return fn(tensors)
-    lead = tuple(int(n) for n in jnp.broadcast_shapes(*(t.shape[:-1] for t in tensors)))
+    lead = lead_shape(*tensors)
     plan = chunk_plan(lead, rows)
     if plan is None:
         return fn(tensors)

@@ -12,6 +12,8 @@ the output standardization follow reference-notes 2.2 and 3.2.
 
 ``matmul: bfloat16`` rounds the operands of the learner's matmuls to bfloat16 and accumulates
 in float32 (default ``float32``); carries, parameters and messages stay float32.
+``first_layer: split`` forms the first layer per input channel without replicating the inputs
+(default ``rows``; :mod:`mplp_graph.learners.nets`, same numbers up to rounding).
 ``chunk_rows: N`` runs the learner over pieces of about N agent-examples (same numbers; default 0,
 whole tensors; :func:`mplp_graph.learners.nets.chunked`).
 
@@ -26,7 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mplp_graph.learners.nets import MATMUL_DTYPES, MLP_HIDDEN, chunked, gru_apply, gru_init, mlp_apply, mlp_init
+from mplp_graph.learners.nets import FIRST_LAYERS, MATMUL_DTYPES, MLP_HIDDEN, chunked, gru_apply, gru_init, mlp_apply, mlp_init
 from mplp_graph.learners.standardize import OUT_SCALE_INIT, channel_stats, norm_init, standardize
 from mplp_graph.ops.registry import Op, OpShapeError, register_op
 
@@ -45,6 +47,15 @@ def _matmul_dtype(args):
     if name not in MATMUL_DTYPES:
         raise OpShapeError(f"argument 'matmul' must be one of {sorted(MATMUL_DTYPES)}, got {name!r}")
     return MATMUL_DTYPES[name]
+
+
+def _first_layer(args):
+    """How the learner's first layer meets its input channels: ``rows`` (default; broadcast and
+    concatenated, one matmul) or ``split`` (one small matmul per channel, broadcast-added)."""
+    name = args.get("first_layer", "split")
+    if name not in FIRST_LAYERS:
+        raise OpShapeError(f"argument 'first_layer' must be one of {list(FIRST_LAYERS)}, got {name!r}")
+    return name
 
 
 def _layout(n_inputs: int, args) -> tuple[int | None, int | None]:
@@ -99,6 +110,7 @@ def _param_update(norm, p, delta, args, side):
 
 def _gru_infer(shapes, args):
     _matmul_dtype(args)
+    _first_layer(args)
     _int_arg(args, "chunk_rows", 0)
     msg = _int_arg(args, "msg", low=1)
     hidden = _int_arg(args, "hidden", low=0)
@@ -131,9 +143,9 @@ def _gru_apply(params, inputs, args):
     carry_idx, param_idx = _layout(len(inputs), args)
     side: dict[str, Any] = {}
     xs = _standardize(params["norm"], _channels(inputs, carry_idx), args, side)
-    dtype = _matmul_dtype(args)
+    dtype, first = _matmul_dtype(args), _first_layer(args)
     # (b, *agents, C), in pieces of about chunk_rows agent-examples if asked
-    c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype), [*xs, inputs[carry_idx]], _int_arg(args, "chunk_rows", 0))
+    c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype, first), [*xs, inputs[carry_idx]], _int_arg(args, "chunk_rows", 0))
     msg = args["msg"]
     out = {"carry": c, "message": c[..., -msg:], **side}
     if param_idx is not None:
@@ -149,7 +161,7 @@ register_op(
         infer=_gru_infer,
         apply=_gru_apply,
         init=_gru_init,
-        arg_names=("msg", "hidden", "carry", "param", "standardize", "out_scale_init", "matmul", "chunk_rows"),
+        arg_names=("msg", "hidden", "carry", "param", "standardize", "out_scale_init", "matmul", "first_layer", "chunk_rows"),
         required_args=("msg", "hidden", "carry"),
         param_parts=("net", "norm"),
         doc="stateful MPLP learner: GRU over standardized inputs; carry [param update | hidden | message]",
@@ -163,6 +175,7 @@ register_op(
 
 def _mlp_infer(shapes, args):
     _matmul_dtype(args)
+    _first_layer(args)
     _int_arg(args, "chunk_rows", 0)
     msg = _int_arg(args, "msg", low=1)
     carry, param = _layout(len(shapes), args)
@@ -191,12 +204,12 @@ def _mlp_apply(params, inputs, args):
     side: dict[str, Any] = {}
     xs = _standardize(params["norm"], list(inputs), args, side)
     # f and g see the same standardized input, built before the update (reference-notes 2.3)
-    dtype = _matmul_dtype(args)
+    dtype, first = _matmul_dtype(args), _first_layer(args)
     has_f = param_idx is not None
 
     def nets(ts):
-        g = mlp_apply(params["g"], ts, jax.nn.relu, jnp.tanh, dtype)
-        return (g, mlp_apply(params["f"], ts, jax.nn.relu, jnp.tanh, dtype) if has_f else None)
+        g = mlp_apply(params["g"], ts, jax.nn.relu, jnp.tanh, dtype, first)
+        return (g, mlp_apply(params["f"], ts, jax.nn.relu, jnp.tanh, dtype, first) if has_f else None)
 
     message, delta = chunked(nets, xs, _int_arg(args, "chunk_rows", 0))  # delta: (..., 1)
     out = {"message": message}
@@ -213,7 +226,7 @@ register_op(
         infer=_mlp_infer,
         apply=_mlp_apply,
         init=_mlp_init,
-        arg_names=("msg", "param", "carry", "standardize", "out_scale_init", "matmul", "chunk_rows"),
+        arg_names=("msg", "param", "carry", "standardize", "out_scale_init", "matmul", "first_layer", "chunk_rows"),
         required_args=("msg",),
         param_parts=("f", "g", "norm"),
         doc="stateless MPLP learner: f (ReLU 80, ReLU 40, tanh 1) for updates, g (... tanh msg) for messages",

@@ -25,6 +25,8 @@ class GraphConfig(_Strict):
     sharing: Literal["none", "layers", "layers+norm"] = "none"
     out_scale_init: float = 0.01
     matmul: Literal["float32", "bfloat16"] = "float32"  # learner matmul operands (float32 accumulation)
+    # how a learner's first layer meets its input channels (mplp_graph.learners.nets)
+    first_layer: Literal["split", "rows"] = "split"
     # learners over pieces of about this many agent-examples (0: whole tensors; docs/mplp.md)
     chunk_rows: int = Field(0, ge=0)
 

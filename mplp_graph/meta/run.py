@@ -62,7 +62,7 @@ def build(config: ExperimentConfig, *, data: Any = None) -> Setup:
     g = config.graph
     spec = mplp_feedforward(
         g.sizes, g.activation, g.loss, learner=g.learner, msg=g.msg, hidden=g.hidden, sharing=g.sharing,
-        out_scale_init=g.out_scale_init, matmul=g.matmul, chunk_rows=g.chunk_rows,
+        out_scale_init=g.out_scale_init, matmul=g.matmul, first_layer=g.first_layer, chunk_rows=g.chunk_rows,
     )
     fwd = feedforward(g.sizes, "relu" if g.activation == "step" else g.activation, g.loss, protocol="none")
     t = config.task

@@ -47,7 +47,7 @@ def _add_fields(group: GroupSpec, **fields: FieldSpec) -> GroupSpec:
 def learner_arrow(
     name: str, src: str, dst: str, inputs, *, learner: str, msg: int, hidden: int, standardize: str,
     out_scale_init: float, param: str | None = None, map: str | None = None, into: str | None = "m",
-    share=None, updates=None, matmul: str = "float32", chunk_rows: int = 0,
+    share=None, updates=None, matmul: str = "float32", first_layer: str = "split", chunk_rows: int = 0,
 ) -> ArrowSpec:
     """A backward arrow running a learner on ``[carry?] + inputs`` (the carry first for the
     stateful learner); ``param`` names the input it updates (written back through ``updates``)."""
@@ -55,6 +55,8 @@ def learner_arrow(
     args: dict = {"msg": msg, "standardize": standardize}
     if matmul != "float32":  # the default is left out, so existing graphs keep their hash
         args["matmul"] = matmul
+    if first_layer != "split":  # likewise
+        args["first_layer"] = first_layer
     if chunk_rows:  # likewise
         args["chunk_rows"] = chunk_rows
     ins = list(inputs)
@@ -106,6 +108,7 @@ def mplp_feedforward(
     out_scale_init: float = 0.01,
     hybrid: bool = False,
     matmul: Literal["float32", "bfloat16"] = "float32",
+    first_layer: Literal["split", "rows"] = "split",
     chunk_rows: int = 0,
     name: str | None = None,
 ) -> GraphSpec:
@@ -114,6 +117,8 @@ def mplp_feedforward(
     ``hybrid``: the learners also see the exact loss gradient at their agent (module docstring).
     ``matmul``: the learners' matmul operand type; ``bfloat16`` rounds operands to bfloat16 and
     accumulates in float32, states stay float32 (faster on GPUs; slower on CPUs without AMX).
+    ``first_layer``: ``rows`` (default) or ``split``, how a learner's first layer meets its input
+    channels (:mod:`mplp_graph.learners.nets`; same numbers up to rounding).
     ``chunk_rows``: run each learner over pieces of about this many agent-examples, each
     rematerialized (0: whole tensors; same math; on a CPU with ``MetaLoss(remat=False)`` it can
     be faster, see docs/mplp.md)."""
@@ -151,7 +156,7 @@ def mplp_feedforward(
     def learn(name, src, dst, inputs, **kw) -> ArrowSpec:
         return learner_arrow(
             name, src, dst, inputs, learner=learner, msg=msg, hidden=hidden, standardize=standardize,
-            out_scale_init=out_scale_init, matmul=matmul, chunk_rows=chunk_rows, **kw,
+            out_scale_init=out_scale_init, matmul=matmul, first_layer=first_layer, chunk_rows=chunk_rows, **kw,
         )
 
     def share_for(kind: str, layer_arrow: str):
