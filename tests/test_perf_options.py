@@ -111,3 +111,93 @@ def test_fast_compile_and_no_remat_give_the_same_meta_step():
         np.testing.assert_allclose(out[name][0], out["default"][0], rtol=1e-5)
         for a, b in zip(jax.tree_util.tree_leaves(out[name][1]), jax.tree_util.tree_leaves(out["default"][1]), strict=True):
             np.testing.assert_allclose(a, b, atol=2e-3)  # Adam's first step: ~lr per entry
+
+
+# ---------------------------------------------------------------------------------------------
+# first layer by channels (split) or on concatenated rows; the single-task meta-step; XLA options
+
+
+def test_first_layer_rows_equals_split_values_and_gradients():
+    from mplp_graph.learners.nets import mlp_apply, mlp_init
+
+    key = jax.random.PRNGKey(3)
+    p = gru_init(key, 6, 12)
+    q = mlp_init(jax.random.fold_in(key, 9), (6, 80, 40, 3))
+    m = jax.random.normal(jax.random.fold_in(key, 1), (4, 1, 9, 4))
+    w = jax.random.normal(jax.random.fold_in(key, 2), (1, 7, 9, 1))
+    x = jax.random.normal(jax.random.fold_in(key, 3), (4, 7, 1, 1))
+    c = 0.5 * jnp.tanh(jax.random.normal(jax.random.fold_in(key, 4), (4, 7, 9, 12)))
+    ct = jax.random.normal(jax.random.fold_in(key, 5), c.shape)
+
+    def loss(p, q, m, w, x, c, first):
+        out = gru_apply(p, [m, w, x], c, first_layer=first)
+        g = mlp_apply(q, [m, w, x], jax.nn.relu, jnp.tanh, first_layer=first)
+        assert out.shape == (4, 7, 9, 12) and g.shape == (4, 7, 9, 3)
+        return jnp.sum(out * ct) + jnp.sum(g * ct[..., :3])
+
+    vg = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4, 5))
+    split, rows = vg(p, q, m, w, x, c, "split"), vg(p, q, m, w, x, c, "rows")
+    np.testing.assert_allclose(rows[0], split[0], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(rows[1]), jax.tree_util.tree_leaves(split[1]), strict=True):
+        assert a.shape == b.shape  # the gradients of broadcast channels keep their own shapes
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+    with pytest.raises(ValueError, match="first_layer"):
+        gru_apply(p, [m, w, x], c, first_layer="concat")
+
+
+def test_first_layer_config_key_and_op_argument():
+    from mplp_graph.meta.config import ExperimentConfig
+    from mplp_graph.meta.run import build
+
+    setup = build(ExperimentConfig.model_validate({"graph": {"sizes": [1, 8, 1], "msg": 3, "hidden": 2, "first_layer": "rows"}}))
+    assert {a.op.args.get("first_layer") for a in setup.prog.spec.arrows if a.op.name.startswith("mplp_")} == {"rows"}
+    default = build(ExperimentConfig.model_validate({"graph": {"sizes": [1, 8, 1], "msg": 3, "hidden": 2}}))
+    # the default is left out of the op arguments, so graphs written before the option keep their hash
+    assert all("first_layer" not in a.op.args for a in default.prog.spec.arrows)
+    with pytest.raises(ValueError, match="first_layer"):
+        ExperimentConfig.model_validate({"graph": {"first_layer": "cols"}})
+    with pytest.raises(MplpGraphError, match="first_layer"):
+        mg.compile_graph(mplp_feedforward((1, 4, 1), msg=3, hidden=2, first_layer="cols"))
+
+
+def test_single_task_meta_step_equals_the_vmapped_one():
+    """An outer batch of one runs without vmap (MetaStep.batch_loss); same loss and gradient."""
+    from mplp_graph.meta.objectives import task_loss
+
+    prog = mg.compile_graph(mplp_feedforward((1, 6, 1), msg=3, hidden=2))
+    family = SinusoidFamily(inner_steps=2, batch=4, cv_points=8)
+    params = prog.init_params(jax.random.PRNGKey(0))
+    prior = make_pool(prog, jax.random.PRNGKey(1), 1)
+    task = jax.vmap(family.sample)(jax.random.split(jax.random.PRNGKey(2), 1))
+    step = MetaStep(prog, family.sample, MetaLoss(), 1, adam(1e-3))
+
+    def vmapped(p):
+        losses, _ = jax.vmap(lambda pr, t: task_loss(prog, MetaLoss(), p, pr, t))(prior, task)
+        return jnp.mean(losses)
+
+    l1, g1 = jax.value_and_grad(lambda p: step.batch_loss(p, prior, task)[0])(params)
+    l2, g2 = jax.value_and_grad(vmapped)(params)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * (float(jnp.max(jnp.abs(b))) + 1e-12))
+
+
+def test_library_xla_options_on_the_cpu(monkeypatch):
+    from mplp_graph import xla
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options apply to the CPU backend only")
+    if not xla._supported("cpu"):
+        assert xla.default_options() == {}  # an XLA without the option is left alone
+        pytest.skip("this XLA has no xla_cpu_experimental_ynn_fusion_type")
+    assert xla.default_options() == xla.CPU_OPTIONS
+    assert xla.compiler_options({"xla_backend_optimization_level": 1}) == {**xla.CPU_OPTIONS, "xla_backend_optimization_level": 1}
+
+    def f(x):  # a reduction over a middle axis, one of the ops the option takes from YNNPACK
+        return jnp.sum(jnp.tanh(x), axis=0)
+
+    x = jnp.ones((8, 30, 50, 16))
+    assert "__ynn_fusion" not in xla.jit(f).lower(x).compile().as_text()
+    np.testing.assert_allclose(xla.jit(f)(x), jax.jit(f)(x), rtol=1e-6)
+    monkeypatch.setenv("MPLP_XLA_DEFAULTS", "1")
+    assert xla.default_options() == {} and xla.compiler_options() is None

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import mplp_graph as mg
+from mplp_graph import xla
 from mplp_graph.meta.evaluate import evaluate_mplp
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
@@ -52,7 +53,7 @@ def test_sweep_step_equals_separate_runs(setup):
     run = sweep_step(step)
     new, _, m = run(stack(runs), stack(opts), jnp.array([1.0, 2.0]), mask, stack(pools), stack(keys), jnp.int32(3), None)
     for i, mult in enumerate((1.0, 2.0)):
-        ref, _, m_ref = jax.jit(step.__call__)(runs[i], opts[i], mask, pools[i], jax.random.fold_in(keys[i], 3))
+        ref, _, m_ref = xla.jit(step.__call__)(runs[i], opts[i], mask, pools[i], jax.random.fold_in(keys[i], 3))  # as sweep_step
         np.testing.assert_allclose(float(m["loss"][i]), float(m_ref["loss"]), rtol=1e-5)
         for a, b, o in zip(jax.tree_util.tree_leaves(unstack(new, i)), jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(runs[i])):
             np.testing.assert_allclose(np.asarray(a), np.asarray(o) + mult * (np.asarray(b) - np.asarray(o)), rtol=1e-4, atol=1e-6)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
 from mplp_graph.meta.evaluate import point_losses
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
@@ -79,7 +80,7 @@ def _mplp_runner(prog: Program, fwd: Program, batch: int) -> Callable:
 
         return _run(fwd, carry, update, lambda c: agent_params(prog.spec, c), dr)
 
-    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+    return xla.jit(jax.vmap(one, in_axes=(None, 0, 0)))
 
 
 def evaluate_mplp_mnist(prog: Program, fwd: Program, params: Any, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8, chunk: int | None = None) -> np.ndarray:
@@ -107,7 +108,7 @@ def evaluate_optax_mnist(fwd: Program, optimizer: optax.GradientTransformation, 
 
         return _run(fwd, (net, optimizer.init(net)), update, lambda c: c[0], dr)
 
-    return np.asarray(jax.jit(jax.vmap(one))(keys, d))
+    return np.asarray(xla.jit(jax.vmap(one))(keys, d))
 
 
 def transfer_programs(graph: Any, sizes: tuple[int, ...], activation: str) -> tuple[Program, Program]:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 from mplp_graph.tasks.sinusoid import SinusoidFamily
@@ -70,7 +71,7 @@ def _mplp_runner(prog: Program, fwd: Program, family: SinusoidFamily, learned_pr
 
         return _protocol(fwd, family, task, state, update, lambda s: agent_params(prog.spec, s))
 
-    return jax.jit(jax.vmap(one, in_axes=(None, None, 0)))
+    return xla.jit(jax.vmap(one, in_axes=(None, None, 0)))
 
 
 def evaluate_mplp(prog: Program, fwd: Program, params: Any, family: SinusoidFamily, key: Any, runs: int = 100, prior: Any = None) -> dict:
@@ -98,7 +99,7 @@ def evaluate_optax(fwd: Program, optimizer: optax.GradientTransformation, family
 
         return _protocol(fwd, family, task, (net, optimizer.init(net)), update, lambda c: c[0])
 
-    return jax.jit(jax.vmap(one))(jax.random.split(key, runs))
+    return xla.jit(jax.vmap(one))(jax.random.split(key, runs))
 
 
 def plot_eval_curves(curves: dict[str, tuple[Any, Any]], title: str, path: Any) -> None:

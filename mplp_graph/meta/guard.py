@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mplp_graph import xla
 from mplp_graph.errors import MplpGraphError
 from mplp_graph.runtime.state import with_agent_params, zeros_state
 
@@ -182,7 +183,7 @@ def _tracer(prog: Any) -> Any:
 
         return jax.lax.scan(body, state, (task["xt"], task["yt"]))[1]
 
-    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+    return xla.jit(jax.vmap(one, in_axes=(None, 0, 0)))
 
 
 def first_culprit(prog: Any, flags: dict[str, Any]) -> Culprit | None:
@@ -257,7 +258,7 @@ def diagnose(step_fn: Any, params: Any, pool: Any, key: Any, data: Any = None) -
             notes.append(f"no per-arrow trace: {e}")
     if culprit is not None:  # found in the forward computation: no need to compile the meta-gradient
         return Diagnosis(None, bad_params, (), bad_data, culprit, tuple(notes))
-    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+    loss, grads = xla.jit(jax.value_and_grad(loss_fn))(params)
     loss = float(loss)
     bad_grads = nonfinite_leaves(grads, "grad")
     if not jnp.isfinite(loss) and prog is not None and learner is not None and not notes:

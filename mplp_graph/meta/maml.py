@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
 from mplp_graph.meta.evaluate import _protocol, point_losses
 from mplp_graph.meta.objectives import MetaLoss, task_loss
@@ -179,7 +180,7 @@ def evaluate_maml(fwd: Program, prior: Any, family: SinusoidFamily, key: Any, ru
         task = family.sample(kt)
         return _protocol(fwd, family, task, prior, lambda net, x, y: sgd_step(fwd, net, x, y, lr), lambda net: net)
 
-    return jax.jit(jax.vmap(one))(jax.random.split(key, runs))
+    return xla.jit(jax.vmap(one))(jax.random.split(key, runs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def trace_mplp(prog: Program, fwd: Program, params: Any, family: SinusoidFamily,
         update = lambda s, x, y: prog.step_carry(params, s, {"x": x, "y": y})[0]
         return _trace(fwd, family, task, state, update, lambda s: agent_params(prog.spec, s))
 
-    return jax.jit(jax.vmap(one))(jax.random.split(key, runs))
+    return xla.jit(jax.vmap(one))(jax.random.split(key, runs))
 
 
 def trace_maml(fwd: Program, prior: Any, family: SinusoidFamily, key: Any, runs: int, lr: float = MAML_INNER_LR) -> dict:
@@ -223,7 +224,7 @@ def trace_maml(fwd: Program, prior: Any, family: SinusoidFamily, key: Any, runs:
         task = family.sample(kt)
         return _trace(fwd, family, task, prior, lambda net, x, y: sgd_step(fwd, net, x, y, lr), lambda net: net)
 
-    return jax.jit(jax.vmap(one))(jax.random.split(key, runs))
+    return xla.jit(jax.vmap(one))(jax.random.split(key, runs))
 
 
 def shape_correlation(trace: dict) -> Any:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program, compile_graph
 from mplp_graph.ir.spec import GraphSpec
 from mplp_graph.runtime.state import with_agent_params, zeros_state
@@ -61,7 +62,7 @@ def init_statistics(
 
     ``sample_round(key) -> (prior, xt (K, B, ...), yt)`` draws one round's prior and task."""
     online = compile_graph(with_standardize(prog.spec, "online"))
-    run = jax.jit(lambda p, prior, xt, yt: rollout_stats(online, p, prior, xt, yt))
+    run = xla.jit(lambda p, prior, xt, yt: rollout_stats(online, p, prior, xt, yt))
     keys = norm_keys(prog)
     params = {k: dict(v) for k, v in params.items()}  # new containers: the caller's stay untouched
     for j in range(rounds):

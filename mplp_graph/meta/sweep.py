@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mplp_graph import xla
 from mplp_graph.meta.checkpoint import (
     atomic_write_bytes,
     latest_checkpoint,
@@ -52,7 +53,7 @@ def sweep_step(step_fn: MetaStep) -> Any:
         new = jax.tree_util.tree_map(lambda n, o: o + mult * (n - o), new, params)
         return new, opt, m
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, 0, 0, None, None)))
+    return xla.jit(jax.vmap(one, in_axes=(0, 0, 0, None, 0, 0, None, None)))
 
 
 def meta_train_sweep(

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
 from mplp_graph.meta.checkpoint import (
     atomic_write_bytes,
@@ -68,7 +69,16 @@ class MetaStep:
     compiler_options: tuple = ()
 
     def batch_loss(self, params: Any, priors: Any, tasks: dict[str, Any]) -> tuple[Any, dict]:
-        losses, parts = jax.vmap(lambda pr, t: task_loss(self.prog, self.objective, params, pr, t))(priors, tasks)
+        def one(pr, t):
+            return task_loss(self.prog, self.objective, params, pr, t)
+
+        if self.outer_batch == 1 and self.mesh is None:
+            # no vmap over a single task: under vmap, every learner's parameter gradient would be
+            # a batched dot (then a sum over the task axis), which XLA's CPU backend lays out with
+            # transposed copies of the (rows, features) cotangents; benchmarks/kernel_bench.py
+            loss, parts = one(*jax.tree_util.tree_map(lambda a: a[0], (priors, tasks)))
+            return loss, parts
+        losses, parts = jax.vmap(one)(priors, tasks)
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
 
     def __call__(self, params: Any, opt_state: Any, mask: Any, pool: Any, key: Any, data: Any = None):
@@ -207,8 +217,8 @@ FAST_COMPILE = (("xla_backend_optimization_level", 1),)
 
 
 def _jit_step(step_fn: Any) -> Any:
-    options = dict(getattr(step_fn, "compiler_options", ()))  # MamlStep / JointStep have none
-    return jax.jit(step_fn.__call__, compiler_options=options or None)
+    # the library's defaults (mplp_graph.xla) and the step's own options; MamlStep / JointStep have none
+    return xla.jit(step_fn.__call__, getattr(step_fn, "compiler_options", ()))
 
 
 @functools.lru_cache(maxsize=16)
