@@ -35,7 +35,7 @@ import meta_step_bench as msb  # noqa: E402
 from bench_common import _git, machine_line, write_json_atomic  # noqa: E402
 from eval_bench import timed  # noqa: E402
 
-from mplp_graph import compile_graph  # noqa: E402
+from mplp_graph import compile_graph, xla  # noqa: E402
 from mplp_graph.meta.objectives import MetaLoss  # noqa: E402
 from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask  # noqa: E402
 from mplp_graph.templates.mplp import mplp_feedforward  # noqa: E402
@@ -62,7 +62,7 @@ def bench_meta_step(cfg: msb.MetaConfig, rows_list: list, rounds: int, iters: in
     key = jax.random.PRNGKey(seed + 1)
     fns, states, first, check = {}, {}, {}, {}
     for name, (_, step, _, _) in variants.items():
-        fn = jax.jit(step.__call__)
+        fn = xla.jit(step.__call__)
         opt = step.optimizer.init(params)
         t0 = time.perf_counter()
         p1, _, aux = fn(params, opt, mask, pool, key)

@@ -30,6 +30,7 @@ CHILD = r"""
 import json, statistics, sys, time
 import jax
 import mplp_graph as mg
+from mplp_graph import xla
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
 from mplp_graph.tasks.sinusoid import SinusoidFamily
@@ -42,7 +43,7 @@ args = (params, step.optimizer.init(params), trainable_mask(params), make_pool(p
 t0 = time.perf_counter()
 lowered = jax.jit(step.__call__).lower(*args)
 t1 = time.perf_counter()
-compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+compiled = lowered.compile(compiler_options=xla.compiler_options(options))  # the library's defaults + the variant's
 t2 = time.perf_counter()
 jax.block_until_ready(compiled(*args))
 times = []

@@ -36,6 +36,7 @@ from bench_common import (  # benchmarks/ is on sys.path
     write_json_atomic,
 )
 
+from mplp_graph import xla
 from mplp_graph.meta.config import ExperimentConfig
 from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
 from mplp_graph.meta.evaluate import evaluate_mplp
@@ -69,7 +70,7 @@ def speed(name: str, rounds: int, iters: int, data=None) -> dict:
         setup = build(config(name, matmul), data=data)
         params = initial_params(setup)
         step = meta_step(setup)
-        fn = jax.jit(step)
+        fn = xla.jit(step)
         pool = make_pool(setup.prog, jax.random.PRNGKey(1), setup.config.meta.pool)
         state = (params, step.optimizer.init(params))
         t0 = time.perf_counter()
@@ -123,7 +124,7 @@ def sinusoid_training(steps: int, eval_runs: int) -> dict:
         setup = build(config("sinusoid", matmul, steps=steps))
         params = initial_params(setup)
         step = meta_step(setup)
-        fn = jax.jit(step)
+        fn = xla.jit(step)
         mask = trainable_mask(params)
         pool = make_pool(setup.prog, jax.random.PRNGKey(1), setup.config.meta.pool)
         opt = step.optimizer.init(params)

@@ -1,0 +1,212 @@
+"""Benchmark: the CPU choices of the learner kernels, side by side in one process.
+
+Three choices, each switched alone against the library's defaults (first variant):
+
+* ``first_layer``: ``split`` (default; one small matmul per input channel at its unreplicated
+  shape, broadcast-added into a ``(rows, features)`` matrix) or ``rows`` (the channels broadcast
+  and concatenated into a ``(rows, 6)`` matrix first, then one matmul); mplp_graph.learners.nets.
+* XLA options: the library's (:data:`mplp_graph.xla.CPU_OPTIONS`: YNNPACK fusions off) or
+  XLA's defaults (YNNPACK dots and reductions).
+* a single-task outer batch run without ``vmap`` (default, ``MetaStep.batch_loss``) or vmapped
+  (as before: every learner's parameter gradient is then a batched dot).
+
+``--config mnist`` (default; meta_step_bench's MNIST config: (144, 50, 10), 20 inner steps of
+batch 8, outer batch 1, GRU learners shared across layers) and ``sinusoid`` (outer batch 4: the
+vmap variants do not apply). Every variant's first meta-step is checked against the first
+variant's (loss to 1e-5 relative, new parameters to ``2 * lr``) before timing; meta-steps are timed
+in interleaved rounds (order rotating). ``--eval`` adds the 100-run MNIST evaluation (untrained
+learner; needs MNIST, docs/data.md) for ``first_layer`` x XLA options, also interleaved.
+
+    python benchmarks/kernel_bench.py [--config mnist] [--rounds 5] [--iters 2] [--eval] [--eval-reps 2]
+
+Results: ``benchmarks/results/kernel_bench_CONFIG.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import meta_step_bench as msb  # noqa: E402
+from bench_common import _git, machine_line, write_json_atomic  # noqa: E402
+
+from mplp_graph import compile_graph, xla  # noqa: E402
+from mplp_graph.meta.objectives import MetaLoss, task_loss  # noqa: E402
+from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask  # noqa: E402
+from mplp_graph.templates.mplp import mplp_feedforward  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class VmappedStep(MetaStep):
+    """The meta-step with the outer batch always vmapped, even a single task (the old code path)."""
+
+    def batch_loss(self, params, priors, tasks):
+        losses, parts = jax.vmap(lambda pr, t: task_loss(self.prog, self.objective, params, pr, t))(priors, tasks)
+        return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
+
+
+# name: (first_layer, library XLA options?, vmap a single task?)
+VARIANTS = {
+    "default (split, library options)": ("split", True, False),
+    "first_layer=rows": ("rows", True, False),
+    "XLA default options": ("split", False, False),
+    "single task vmapped": ("split", True, True),
+    "XLA default options + single task vmapped": ("split", False, True),
+}
+
+
+def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int):
+    spec = mplp_feedforward(cfg.sizes, cfg.activation, cfg.loss, msg=cfg.msg, hidden=cfg.hidden, sharing=cfg.sharing, first_layer=first_layer)
+    prog = compile_graph(spec)
+    cls = VmappedStep if vmapped else MetaStep
+    step = cls(prog, msb.task_family(cfg).sample, MetaLoss(cfg.hint_weight, cfg.cv_weight), cfg.outer_batch, adam(cfg.lr))
+    key = jax.random.PRNGKey(seed)
+    return step, prog.init_params(key), make_pool(prog, jax.random.fold_in(key, 3), cfg.pool)
+
+
+def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int) -> dict:
+    variants = {k: v for k, v in VARIANTS.items() if not (v[2] and cfg.outer_batch > 1)}
+    key = jax.random.PRNGKey(seed + 1)
+    fns, states, first, check, fixed = {}, {}, {}, {}, None
+    for name, (first_layer, library, vmapped) in variants.items():
+        step, params, pool = build_step(cfg, first_layer, vmapped, seed)
+        mask = trainable_mask(params)
+        fixed = fixed or (mask, pool)
+        fn = xla.jit(step.__call__) if library else jax.jit(step.__call__)
+        opt = step.optimizer.init(params)
+        t0 = time.perf_counter()
+        p1, _, aux = fn(params, opt, *fixed, key)
+        jax.block_until_ready(p1)
+        first[name] = round(time.perf_counter() - t0, 2)
+        check[name] = (float(aux["loss"]), p1)
+        fns[name], states[name] = fn, (params, opt)
+        print(f"{name}: first call {first[name]} s, loss {check[name][0]:.6f}", flush=True)
+    base = next(iter(variants))
+    l0, p0 = check[base]
+    agreement = {}
+    for name, (loss, p1) in check.items():
+        diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p0), strict=True))
+        agreement[name] = {"loss_rel_diff": abs(loss - l0) / abs(l0), "param_max_diff": diff}
+        if abs(loss - l0) > 1e-5 * abs(l0) or diff > 2 * cfg.lr:
+            raise SystemExit(f"{name} disagrees with {base}: {agreement[name]}")
+    keys = [jax.random.fold_in(key, i) for i in range(4)]
+    times = msb.interleaved(fns, states, fixed, keys, rounds, iters)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "config": {"name": cfg.name, "sizes": list(cfg.sizes), "inner_steps": cfg.inner_steps, "batch": cfg.batch, "outer_batch": cfg.outer_batch},
+        "variants": {k: {"first_layer": v[0], "xla_options": "library" if v[1] else "xla_default", "single_task_vmapped": v[2]} for k, v in variants.items()},
+        "ms_median": {k: round(v, 1) for k, v in med.items()},
+        "ratio_vs_default": {k: round(v / med[base], 3) for k, v in med.items()},
+        "ms_rounds": {k: [round(x, 1) for x in v] for k, v in times.items()},
+        "first_call_s": first,
+        "agreement": agreement,
+    }
+
+
+def bench_eval(runs: int, reps: int) -> dict:
+    import yaml
+
+    from mplp_graph.meta import eval_mnist
+    from mplp_graph.meta.config import ExperimentConfig
+    from mplp_graph.meta.run import build, initial_params, load_mnist_splits
+
+    raw = yaml.safe_load((HERE.parent / "experiments" / "mnist" / "config.yaml").read_text())
+    key = jax.random.PRNGKey(0)
+    fns, first, acc = {}, {}, {}
+    for first_layer in ("split", "rows"):
+        for library in (True, False):
+            name = f"first_layer={first_layer}, {'library' if library else 'XLA default'} options"
+            config = ExperimentConfig.model_validate(raw)
+            config = config.model_copy(update={
+                "meta": config.meta.model_copy(update={"stats_rounds": 1}),
+                "graph": config.graph.model_copy(update={"first_layer": first_layer}),
+            })
+            prepared, meta = load_mnist_splits(config)
+            setup = build(config, data=meta)
+            params = initial_params(setup)
+            d = eval_mnist.protocol_data(prepared, key, runs, 20, 8)
+            keys = jax.random.split(jax.random.fold_in(key, 1), runs)
+            eval_mnist._mplp_runner.cache_clear()  # a fresh jit, built under this variant's options
+            os.environ["MPLP_XLA_DEFAULTS"] = "0" if library else "1"
+            try:
+                runner = eval_mnist._mplp_runner(setup.prog, setup.fwd, 8)
+            finally:
+                os.environ.pop("MPLP_XLA_DEFAULTS")
+            fns[name] = lambda runner=runner, params=params, keys=keys, d=d: runner(params, keys, d)
+            t0 = time.perf_counter()
+            acc[name] = np.asarray(jax.block_until_ready(fns[name]()))
+            first[name] = round(time.perf_counter() - t0, 2)
+            print(f"eval {name}: first call {first[name]} s, mean acc@20 {acc[name][:, -1].mean():.4f}", flush=True)
+    base = next(iter(fns))
+    for name, a in acc.items():  # the same protocol and keys: the same accuracies up to rounding
+        if abs(float(a[:, -1].mean()) - float(acc[base][:, -1].mean())) > 0.01:
+            raise SystemExit(f"eval {name} disagrees with {base}")
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(reps):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[name]())
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "runs": runs,
+        "s_median": {k: round(v, 2) for k, v in med.items()},
+        "ratio_vs_default": {k: round(v / med[base], 3) for k, v in med.items()},
+        "s_reps": {k: [round(x, 2) for x in v] for k, v in times.items()},
+        "first_call_s": first,
+        "mean_acc_last": {k: float(a[:, -1].mean()) for k, a in acc.items()},
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="mnist", choices=[c.name for c in msb.ALL_CONFIGS])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval", action="store_true", help="also the 100-run MNIST evaluation (needs MNIST)")
+    ap.add_argument("--eval-runs", type=int, default=100)
+    ap.add_argument("--eval-reps", type=int, default=2, help="timed evaluation calls per variant (after the first)")
+    ap.add_argument("--note", default="")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    cfg = next(c for c in msb.ALL_CONFIGS if c.name == args.config)
+    out = args.out or HERE / "results" / f"kernel_bench_{cfg.name}.json"
+    doc = {
+        "benchmark": "kernel_bench",
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "machine": machine_line(),
+        "jax": jax.__version__,
+        "git": _git("rev-parse", "--short", "HEAD"),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "library_xla_options": xla.CPU_OPTIONS,
+        "note": args.note,
+        "meta_step": bench_meta_step(cfg, args.rounds, args.iters, args.seed),
+    }
+    if args.eval:
+        doc["eval_mnist"] = bench_eval(args.eval_runs, args.eval_reps)
+    write_json_atomic(out, doc)
+    print(f"wrote {out}")
+    for k, v in doc["meta_step"]["ms_median"].items():
+        print(f"  {k:45s} {v:9.1f} ms  x{doc['meta_step']['ratio_vs_default'][k]}")
+    if "eval_mnist" in doc:
+        for k, v in doc["eval_mnist"]["s_median"].items():
+            print(f"  eval {k:40s} {v:7.2f} s  x{doc['eval_mnist']['ratio_vs_default'][k]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
