@@ -14,10 +14,12 @@ Three choices, each switched alone against the library's defaults (first variant
 batch 8, outer batch 1, GRU learners shared across layers) and ``sinusoid`` (outer batch 4: the
 vmap variants do not apply). Every variant's first meta-step is checked against the first
 variant's (loss to 1e-5 relative, new parameters to ``2 * lr``) before timing; meta-steps are timed
-in interleaved rounds (order rotating). ``--eval`` adds the 100-run MNIST evaluation (untrained
+in interleaved rounds (order rotating). ``--no-remat`` adds the default without the inner-step
+remat (its ~3 GB of residuals are fresh memory on every call: run it once more under
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` to see what the page faults cost). ``--eval`` adds the 100-run MNIST evaluation (untrained
 learner; needs MNIST, docs/data.md) for ``first_layer`` x XLA options, also interleaved.
 
-    python benchmarks/kernel_bench.py [--config mnist] [--rounds 5] [--iters 2] [--eval] [--eval-reps 2]
+    python benchmarks/kernel_bench.py [--config mnist] [--rounds 5] [--iters 2] [--no-remat] [--eval] [--eval-reps 2] [--out FILE]
 
 Results: ``benchmarks/results/kernel_bench_CONFIG.json``.
 """
@@ -57,31 +59,32 @@ class VmappedStep(MetaStep):
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
 
 
-# name: (first_layer, library XLA options?, vmap a single task?)
+# name: (first_layer, library XLA options?, vmap a single task?, inner-step remat?)
 VARIANTS = {
-    "default (split, library options)": ("split", True, False),
-    "first_layer=rows": ("rows", True, False),
-    "XLA default options": ("split", False, False),
-    "single task vmapped": ("split", True, True),
-    "XLA default options + single task vmapped": ("split", False, True),
+    "default (split, library options)": ("split", True, False, True),
+    "first_layer=rows": ("rows", True, False, True),
+    "XLA default options": ("split", False, False, True),
+    "single task vmapped": ("split", True, True, True),
+    "XLA default options + single task vmapped": ("split", False, True, True),
 }
+NO_REMAT = {"no inner-step remat": ("split", True, False, False)}
 
 
-def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int):
+def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, remat: bool = True):
     spec = mplp_feedforward(cfg.sizes, cfg.activation, cfg.loss, msg=cfg.msg, hidden=cfg.hidden, sharing=cfg.sharing, first_layer=first_layer)
     prog = compile_graph(spec)
     cls = VmappedStep if vmapped else MetaStep
-    step = cls(prog, msb.task_family(cfg).sample, MetaLoss(cfg.hint_weight, cfg.cv_weight), cfg.outer_batch, adam(cfg.lr))
+    step = cls(prog, msb.task_family(cfg).sample, MetaLoss(cfg.hint_weight, cfg.cv_weight, remat=remat), cfg.outer_batch, adam(cfg.lr))
     key = jax.random.PRNGKey(seed)
     return step, prog.init_params(key), make_pool(prog, jax.random.fold_in(key, 3), cfg.pool)
 
 
-def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int) -> dict:
-    variants = {k: v for k, v in VARIANTS.items() if not (v[2] and cfg.outer_batch > 1)}
+def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_remat: bool = False) -> dict:
+    variants = {k: v for k, v in {**VARIANTS, **(NO_REMAT if no_remat else {})}.items() if not (v[2] and cfg.outer_batch > 1)}
     key = jax.random.PRNGKey(seed + 1)
     fns, states, first, check, fixed = {}, {}, {}, {}, None
-    for name, (first_layer, library, vmapped) in variants.items():
-        step, params, pool = build_step(cfg, first_layer, vmapped, seed)
+    for name, (first_layer, library, vmapped, remat) in variants.items():
+        step, params, pool = build_step(cfg, first_layer, vmapped, seed, remat)
         mask = trainable_mask(params)
         fixed = fixed or (mask, pool)
         fn = xla.jit(step.__call__) if library else jax.jit(step.__call__)
@@ -106,7 +109,7 @@ def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int) -> 
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "config": {"name": cfg.name, "sizes": list(cfg.sizes), "inner_steps": cfg.inner_steps, "batch": cfg.batch, "outer_batch": cfg.outer_batch},
-        "variants": {k: {"first_layer": v[0], "xla_options": "library" if v[1] else "xla_default", "single_task_vmapped": v[2]} for k, v in variants.items()},
+        "variants": {k: {"first_layer": v[0], "xla_options": "library" if v[1] else "xla_default", "single_task_vmapped": v[2], "remat": v[3]} for k, v in variants.items()},
         "ms_median": {k: round(v, 1) for k, v in med.items()},
         "ratio_vs_default": {k: round(v / med[base], 3) for k, v in med.items()},
         "ms_rounds": {k: [round(x, 1) for x in v] for k, v in times.items()},
@@ -177,6 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-remat", action="store_true", help="also the default without the inner-step remat (meta.remat: false)")
     ap.add_argument("--eval", action="store_true", help="also the 100-run MNIST evaluation (needs MNIST)")
     ap.add_argument("--eval-runs", type=int, default=100)
     ap.add_argument("--eval-reps", type=int, default=2, help="timed evaluation calls per variant (after the first)")
@@ -194,7 +198,8 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "library_xla_options": xla.CPU_OPTIONS,
         "note": args.note,
-        "meta_step": bench_meta_step(cfg, args.rounds, args.iters, args.seed),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "meta_step": bench_meta_step(cfg, args.rounds, args.iters, args.seed, args.no_remat),
     }
     if args.eval:
         doc["eval_mnist"] = bench_eval(args.eval_runs, args.eval_reps)

@@ -26,6 +26,7 @@ SUITE = {
     "eval_bench": (["--runs", "100", "--reps", "3"], ["--runs", "20", "--reps", "1"]),
     "memory_bench": ([], ["--steps", "20"]),
     "compile_bench": (["--reps", "2"], ["--reps", "1"]),
+    "kernel_bench": (["--no-remat", "--eval"], ["--rounds", "2", "--iters", "1"]),
 }
 
 
@@ -54,6 +55,15 @@ def table() -> str:
         for name, t in ms["ms_median"].items():
             label = f"{ms['config']['name']} meta-step, {name}"
             lines.append(f"{label:44s} {t:10.1f}ms {'':>12s} {ms['ratio_vs_whole'][name]:7.3f}  vs rows=0 (whole, remat)")
+    for path in sorted(RESULTS.glob("kernel_bench_*.json")):
+        doc = _load(path.stem)
+        ms = doc["meta_step"]
+        hp = ", huge pages" if "hugetlb=1" in doc.get("glibc_tunables", "") else ""
+        for name, t in ms["ms_median"].items():
+            label = f"{ms['config']['name']} meta-step{hp}, {name}"
+            lines.append(f"{label:44s} {t:10.1f}ms {'':>12s} {ms['ratio_vs_default'][name]:7.3f}  vs the default kernels")
+        for name, t in doc.get("eval_mnist", {}).get("s_median", {}).items():
+            lines.append(f"{'eval mnist, ' + name:44s} {t:11.2f}s {'':>12s} {doc['eval_mnist']['ratio_vs_default'][name]:7.3f}  vs the default kernels")
     for bench in ("eval_bench", "eval_bench_gpu"):
         doc = _load(bench)
         where = "GPU" if bench.endswith("gpu") else "CPU"
