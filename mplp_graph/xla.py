@@ -3,9 +3,10 @@
 On the CPU, jaxlib 0.10's XLA hands matmuls and reductions to the YNNPACK library by default
 (``xla_cpu_experimental_ynn_fusion_type``: individual dots and reductions). For MPLP's shapes
 its reductions are slow: summing the weight learner's ``(8, 144, 50, 104)`` first-layer gradient
-over the batch axis took 32 ms per inner step (644 ms of a 2.3 s MNIST meta-step) against
-0.2-1 ms for XLA's own loops, and its dots were no faster. :data:`CPU_OPTIONS` switches those
-fusions off; measured side by side in ``benchmarks/kernel_bench.py`` (docs/performance.md).
+over the batch axis took 32 ms per inner step (644 ms per MNIST meta-step in a profiler trace)
+against 0.2-1 ms for XLA's own loops, and its dots were no faster. :data:`CPU_OPTIONS` switches
+those fusions off: the MNIST meta-step then takes 0.63x the time, side by side in
+``benchmarks/kernel_bench.py`` (docs/mplp.md, "The learners on the CPU").
 Other backends get no options. ``MPLP_XLA_DEFAULTS=1`` in the environment keeps XLA's defaults
 everywhere (for comparisons); an XLA that does not know the option is left alone.
 """

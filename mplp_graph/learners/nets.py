@@ -2,19 +2,21 @@
 
 Inputs come as a list of *channels* (each ``[..., width]``, leading axes broadcastable: the
 forward input x_i is the same at every synapse w_ij, a parameter is shared by every example).
-The networks flatten the agents and examples into rows and run on ``(rows, features)`` matrices.
-The first layer, ``concat(channels) @ kernel``, can be formed two ways (``first_layer``):
+The networks flatten the agents and examples into rows and run on ``(rows, features)`` matrices
+(on XLA's CPU backend, elementwise ops over rank-4 tensors with broadcast operands ran up to 10x
+slower than the same ops on plain rows). The first layer, ``concat(channels) @ kernel``, is
+formed one of two ways (``first_layer``):
 
-* ``"rows"`` (default): the channels are broadcast and concatenated into one ``(rows, width)``
-  matrix (width 6 for a weight learner: 4 message + w + x), then one matmul. The matrix is small
-  next to the ``(rows, 104)`` projection that follows, and every later op works on plain rows.
-* ``"split"``: each channel is multiplied by its rows of the kernel at its own, unreplicated shape
-  and the products are broadcast-added (reference-notes 8), so no replicated input is built and
-  the first layer costs almost no FLOPs. Its backward pass sums the ``(rows, 104)`` gradient over
-  each channel's broadcast axes, which XLA's CPU backend does slowly.
+* ``"split"`` (default): each channel is multiplied by its rows of the kernel at its own,
+  unreplicated shape and the products are broadcast-added into the ``(rows, out)`` matrix
+  (reference-notes 8): no replicated input is built and the first layer costs almost no FLOPs.
+* ``"rows"``: the channels are broadcast and concatenated into one ``(rows, width)`` matrix
+  (width 6 for an MNIST weight learner: 4 message + w + x), then one matmul.
 
-Both give the same numbers up to float rounding (tests/test_mplp.py). Measured on the 2-core CPU
-(benchmarks/kernel_bench.py): the MNIST weight learner's forward + backward ... (docs/mplp.md).
+Both give the same numbers up to float rounding (tests/test_perf_options.py). Side by side on
+the 2-core CPU (``python benchmarks/kernel_bench.py --eval``): ``rows`` takes 1.045x the time of
+``split`` per MNIST meta-step and 1.018x per 100-run MNIST evaluation; two reruns of the
+meta-step gave 0.97x and 1.015x: equal within this machine's noise.
 """
 
 from __future__ import annotations
@@ -191,10 +193,10 @@ def chunked(fn, tensors: Sequence[Any], rows: int) -> Any:
     Tensors of size 1 along the cut axis (broadcast inputs) are given whole to every piece; the
     math is unchanged (only the order of the parameter-gradient sums). ``rows`` 0: never cut.
 
-    Measured (benchmarks/chunk_bench.py, MNIST meta-step, 2-core CPU): the 144 x 50 weight
-    learner's forward 1.45x and forward + backward 1.27x faster in pieces of ~2,400 rows; the
-    whole meta-step 0.94x the time when the inner-step remat is off, but 1.07x with it on (the
-    pieces are then computed three times); docs/mplp.md. On a GPU one big kernel is better."""
+    Measured (benchmarks/chunk_bench.py, MNIST meta-step, 2-core CPU): with the learners' older
+    rank-4 kernels, pieces of ~2,400 rows took 0.94x the whole-tensor time with the inner-step
+    remat off; with the current ``(rows, features)`` kernels (module doc) pieces are slower:
+    1.13x (remat off) and 1.19x (remat on); docs/mplp.md. On a GPU one big kernel is better."""
     if rows <= 0 or len({t.ndim for t in tensors}) != 1:
         return fn(tensors)
     lead = lead_shape(*tensors)

@@ -120,8 +120,8 @@ def mplp_feedforward(
     ``first_layer``: ``rows`` (default) or ``split``, how a learner's first layer meets its input
     channels (:mod:`mplp_graph.learners.nets`; same numbers up to rounding).
     ``chunk_rows``: run each learner over pieces of about this many agent-examples, each
-    rematerialized (0: whole tensors; same math; on a CPU with ``MetaLoss(remat=False)`` it can
-    be faster, see docs/mplp.md)."""
+    rematerialized (0: whole tensors; same math; slower than whole tensors on this CPU since the
+    learners run on ``(rows, features)`` matrices, docs/mplp.md)."""
     if sharing not in SHARING:
         raise ValueError(f"sharing must be one of {SHARING}, got {sharing!r}")
     if learner not in ("gru", "mlp"):
