@@ -32,6 +32,24 @@ def machine_line() -> str:
     return f"{os.cpu_count()}-core CPU ({model}), {platform.system()} {platform.release()}, python {platform.python_version()}"
 
 
+def result_header(name: str, argv: list[str] | None, note: str = "") -> dict[str, Any]:
+    """The fields every results file starts with: benchmark, command, machine, jax, git, date, note."""
+    import sys
+    import time
+
+    import jax
+
+    return {
+        "benchmark": name,
+        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
+        "machine": machine_line(),
+        "jax": jax.__version__,
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "note": note,
+    }
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)

@@ -19,20 +19,17 @@ values) with ``chunk_rows`` 0 and the second ``--rows`` value.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import meta_step_bench as msb  # noqa: E402
-from bench_common import _git, machine_line, write_json_atomic  # noqa: E402
+from bench_common import result_header, write_json_atomic  # noqa: E402
 from eval_bench import timed  # noqa: E402
 
 from mplp_graph import compile_graph, xla  # noqa: E402
@@ -56,39 +53,9 @@ def bench_meta_step(cfg: msb.MetaConfig, rows_list: list, rounds: int, iters: in
     variants = {f"rows={r}": variant(cfg, r, seed) for r in rows_list}
     if no_remat:  # the same without the remat of each inner step (the pieces are still rematerialized)
         variants.update({f"rows={r},no-remat": variant(cfg, r, seed, remat=False) for r in rows_list})
-    base = next(iter(variants))
-    _, _, params, pool = variants[base]
-    mask = trainable_mask(params)
-    key = jax.random.PRNGKey(seed + 1)
-    fns, states, first, check = {}, {}, {}, {}
-    for name, (_, step, _, _) in variants.items():
-        fn = xla.jit(step.__call__)
-        opt = step.optimizer.init(params)
-        t0 = time.perf_counter()
-        p1, _, aux = fn(params, opt, mask, pool, key)
-        jax.block_until_ready(p1)
-        first[name] = round(time.perf_counter() - t0, 2)
-        check[name] = (float(aux["loss"]), p1)
-        fns[name], states[name] = fn, (params, opt)
-        print(f"{name}: first call {first[name]} s, loss {check[name][0]:.6f}", flush=True)
-    agreement = {}
-    l0, p0 = check[base]
-    for name, (loss, p1) in check.items():
-        diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p0)))
-        agreement[name] = {"loss_rel_diff": abs(loss - l0) / abs(l0), "param_max_diff": diff}
-        if abs(loss - l0) > 1e-5 * abs(l0) or diff > 2 * cfg.lr:
-            raise SystemExit(f"{name} disagrees with {base}: {agreement[name]}")
-    keys = [jax.random.fold_in(key, i) for i in range(4)]
-    times = msb.interleaved(fns, states, (mask, pool), keys, rounds, iters)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "config": {"name": cfg.name, "sizes": list(cfg.sizes), "inner_steps": cfg.inner_steps, "batch": cfg.batch, "outer_batch": cfg.outer_batch},
-        "ms_median": {k: round(v, 1) for k, v in med.items()},
-        "ratio_vs_whole": {k: round(v / med[base], 3) for k, v in med.items()},
-        "ms_rounds": {k: [round(x, 1) for x in v] for k, v in times.items()},
-        "first_call_s": first,
-        "agreement": agreement,
-    }
+    _, _, params, pool = next(iter(variants.values()))
+    jitted = {name: (xla.jit(step.__call__), params, step.optimizer.init(params)) for name, (_, step, _, _) in variants.items()}
+    return msb.compare_variants(cfg, jitted, (trainable_mask(params), pool), seed, rounds, iters, "ratio_vs_whole")
 
 
 def bench_eval(runs: int, reps: int, chunk: int) -> dict:
@@ -135,12 +102,7 @@ def main(argv=None) -> int:
     cfg = next(c for c in msb.ALL_CONFIGS if c.name == args.config)
     out = args.out or HERE / "results" / f"chunk_bench_{cfg.name}.json"
     doc = {
-        "benchmark": "chunk_bench",
-        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-        "machine": machine_line(),
-        "jax": jax.__version__,
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "note": args.note,
+        **result_header("chunk_bench", argv, args.note),
         "meta_step": bench_meta_step(cfg, args.rows, args.rounds, args.iters, args.seed, args.no_remat),
     }
     print("ms per meta-step:", doc["meta_step"]["ms_median"], "ratio:", doc["meta_step"]["ratio_vs_whole"], flush=True)

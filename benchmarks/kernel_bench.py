@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import meta_step_bench as msb  # noqa: E402
-from bench_common import _git, machine_line, write_json_atomic  # noqa: E402
+from bench_common import result_header, write_json_atomic  # noqa: E402
 
 from mplp_graph import compile_graph, xla  # noqa: E402
 from mplp_graph.meta.objectives import MetaLoss, task_loss  # noqa: E402
@@ -81,41 +81,14 @@ def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, 
 
 def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_remat: bool = False) -> dict:
     variants = {k: v for k, v in {**VARIANTS, **(NO_REMAT if no_remat else {})}.items() if not (v[2] and cfg.outer_batch > 1)}
-    key = jax.random.PRNGKey(seed + 1)
-    fns, states, first, check, fixed = {}, {}, {}, {}, None
+    jitted, fixed = {}, None
     for name, (first_layer, library, vmapped, remat) in variants.items():
         step, params, pool = build_step(cfg, first_layer, vmapped, seed, remat)
-        mask = trainable_mask(params)
-        fixed = fixed or (mask, pool)
-        fn = xla.jit(step.__call__) if library else jax.jit(step.__call__)
-        opt = step.optimizer.init(params)
-        t0 = time.perf_counter()
-        p1, _, aux = fn(params, opt, *fixed, key)
-        jax.block_until_ready(p1)
-        first[name] = round(time.perf_counter() - t0, 2)
-        check[name] = (float(aux["loss"]), p1)
-        fns[name], states[name] = fn, (params, opt)
-        print(f"{name}: first call {first[name]} s, loss {check[name][0]:.6f}", flush=True)
-    base = next(iter(variants))
-    l0, p0 = check[base]
-    agreement = {}
-    for name, (loss, p1) in check.items():
-        diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p0), strict=True))
-        agreement[name] = {"loss_rel_diff": abs(loss - l0) / abs(l0), "param_max_diff": diff}
-        if abs(loss - l0) > 1e-5 * abs(l0) or diff > 2 * cfg.lr:
-            raise SystemExit(f"{name} disagrees with {base}: {agreement[name]}")
-    keys = [jax.random.fold_in(key, i) for i in range(4)]
-    times = msb.interleaved(fns, states, fixed, keys, rounds, iters)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "config": {"name": cfg.name, "sizes": list(cfg.sizes), "inner_steps": cfg.inner_steps, "batch": cfg.batch, "outer_batch": cfg.outer_batch},
-        "variants": {k: {"first_layer": v[0], "xla_options": "library" if v[1] else "xla_default", "single_task_vmapped": v[2], "remat": v[3]} for k, v in variants.items()},
-        "ms_median": {k: round(v, 1) for k, v in med.items()},
-        "ratio_vs_default": {k: round(v / med[base], 3) for k, v in med.items()},
-        "ms_rounds": {k: [round(x, 1) for x in v] for k, v in times.items()},
-        "first_call_s": first,
-        "agreement": agreement,
-    }
+        fixed = fixed or (trainable_mask(params), pool)  # the same seed: the same params and pool
+        jitted[name] = (xla.jit(step.__call__) if library else jax.jit(step.__call__), params, step.optimizer.init(params))
+    out = msb.compare_variants(cfg, jitted, fixed, seed, rounds, iters, "ratio_vs_default")
+    variant_info = {k: {"first_layer": v[0], "xla_options": "library" if v[1] else "xla_default", "single_task_vmapped": v[2], "remat": v[3]} for k, v in variants.items()}
+    return {"config": out.pop("config"), "variants": variant_info, **out}
 
 
 def bench_eval(runs: int, reps: int) -> dict:
@@ -190,14 +163,8 @@ def main(argv=None) -> int:
     cfg = next(c for c in msb.ALL_CONFIGS if c.name == args.config)
     out = args.out or HERE / "results" / f"kernel_bench_{cfg.name}.json"
     doc = {
-        "benchmark": "kernel_bench",
-        "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
-        "machine": machine_line(),
-        "jax": jax.__version__,
-        "git": _git("rev-parse", "--short", "HEAD"),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **result_header("kernel_bench", argv, args.note),
         "library_xla_options": xla.CPU_OPTIONS,
-        "note": args.note,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "meta_step": bench_meta_step(cfg, args.rounds, args.iters, args.seed, args.no_remat),
     }

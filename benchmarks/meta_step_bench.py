@@ -632,6 +632,43 @@ def interleaved(fns: dict[str, Callable], states: dict[str, tuple], fixed: tuple
     return times
 
 
+def compare_variants(cfg: MetaConfig, variants: dict[str, tuple[Callable, Any, Any]], fixed: tuple, seed: int, rounds: int, iters: int, ratio_key: str) -> dict[str, Any]:
+    """Variants of one meta-step, ``name -> (jitted step, params, opt_state)``, the first the
+    baseline: each is called once (first-call time; its loss and new parameters checked against
+    the baseline's: loss to 1e-5 relative, parameters to ``2 * lr``, else exit), then timed in
+    interleaved rounds. ``fixed``: (mask, pool)."""
+    key = jax.random.PRNGKey(seed + 1)
+    first, check = {}, {}
+    for name, (fn, params, opt) in variants.items():
+        t0 = time.perf_counter()
+        p1, _, aux = fn(params, opt, *fixed, key)
+        jax.block_until_ready(p1)
+        first[name] = round(time.perf_counter() - t0, 2)
+        check[name] = (float(aux["loss"]), p1)
+        print(f"{name}: first call {first[name]} s, loss {check[name][0]:.6f}", flush=True)
+    base = next(iter(variants))
+    l0, p0 = check[base]
+    agreement = {}
+    for name, (loss, p1) in check.items():
+        diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p0), strict=True))
+        agreement[name] = {"loss_rel_diff": abs(loss - l0) / abs(l0), "param_max_diff": diff}
+        if abs(loss - l0) > 1e-5 * abs(l0) or diff > 2 * cfg.lr:
+            raise SystemExit(f"{name} disagrees with {base}: {agreement[name]}")
+    keys = [jax.random.fold_in(key, i) for i in range(4)]
+    fns = {k: v[0] for k, v in variants.items()}
+    states = {k: (v[1], v[2]) for k, v in variants.items()}
+    times = interleaved(fns, states, fixed, keys, rounds, iters)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {
+        "config": {"name": cfg.name, "sizes": list(cfg.sizes), "inner_steps": cfg.inner_steps, "batch": cfg.batch, "outer_batch": cfg.outer_batch},
+        "ms_median": {k: round(v, 1) for k, v in med.items()},
+        ratio_key: {k: round(v / med[base], 3) for k, v in med.items()},
+        "ms_rounds": {k: [round(x, 1) for x in v] for k, v in times.items()},
+        "first_call_s": first,
+        "agreement": agreement,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # results file (same format as step_bench.json)
 

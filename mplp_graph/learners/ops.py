@@ -12,8 +12,8 @@ the output standardization follow reference-notes 2.2 and 3.2.
 
 ``matmul: bfloat16`` rounds the operands of the learner's matmuls to bfloat16 and accumulates
 in float32 (default ``float32``); carries, parameters and messages stay float32.
-``first_layer: split`` forms the first layer per input channel without replicating the inputs
-(default ``rows``; :mod:`mplp_graph.learners.nets`, same numbers up to rounding).
+``first_layer: rows`` forms the first layer on the broadcast, concatenated input channels (default
+``split``: per channel, no replicated input; :mod:`mplp_graph.learners.nets`, same numbers up to rounding).
 ``chunk_rows: N`` runs the learner over pieces of about N agent-examples (same numbers; default 0,
 whole tensors; :func:`mplp_graph.learners.nets.chunked`).
 
@@ -50,8 +50,8 @@ def _matmul_dtype(args):
 
 
 def _first_layer(args):
-    """How the learner's first layer meets its input channels: ``rows`` (default; broadcast and
-    concatenated, one matmul) or ``split`` (one small matmul per channel, broadcast-added)."""
+    """How the learner's first layer meets its input channels: ``split`` (default; one small matmul
+    per channel, broadcast-added) or ``rows`` (broadcast and concatenated, one matmul)."""
     name = args.get("first_layer", "split")
     if name not in FIRST_LAYERS:
         raise OpShapeError(f"argument 'first_layer' must be one of {list(FIRST_LAYERS)}, got {name!r}")
