@@ -4,7 +4,7 @@ from mplp_graph.ops import builtin as _builtin  # noqa: F401  (registers the bui
 from mplp_graph.learners import ops as _learner_ops  # noqa: F401  (registers the MPLP learners)
 from mplp_graph.compile.pipeline import Program, compile_graph
 from mplp_graph.config.load import dump_graph, load_graph, loads_graph
-from mplp_graph.errors import CompileError, GraphSpecError, Location, MplpGraphError, NotDifferentiableError
+from mplp_graph.errors import CompileError, ConfigError, GraphSpecError, Location, MplpGraphError, NotDifferentiableError
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec, OpRef, ScheduleSpec
 from mplp_graph.ir.verify import verify
 from mplp_graph.ops.registry import Op, get_op, op_names, register_op
@@ -17,6 +17,7 @@ from mplp_graph.viz.topology import to_dot, to_networkx
 __all__ = [
     "ArrowSpec",
     "CompileError",
+    "ConfigError",
     "FieldSpec",
     "GraphSpec",
     "GraphSpecError",

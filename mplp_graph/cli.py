@@ -123,20 +123,13 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 
 def _experiment_config(path: str):
-    import yaml
-    from pydantic import ValidationError
+    """The experiment config at ``path``; a bad one is a :class:`UserError` naming file, line and key."""
+    from mplp_graph.meta.config import load_experiment_config
 
-    from mplp_graph.meta.config import ExperimentConfig
-
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
     try:
-        return ExperimentConfig.model_validate(yaml.safe_load(open(path, encoding="utf-8").read()) or {})
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
-    except ValidationError as e:
-        lines = [f"{path} {'.'.join(str(x) for x in err['loc'])}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()]
-        raise UserError("\n".join(lines)) from None
+        return load_experiment_config(path)
+    except MplpGraphError as e:
+        raise UserError(str(e)) from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -190,22 +183,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _saved_learner(config_path: str, learner_path: str):
     """(setup, params, None) for a config file and a learner .npz, with located errors."""
-    from pathlib import Path
-
-    import yaml
-    from pydantic import ValidationError
-
-    from mplp_graph.meta.config import ExperimentConfig
     from mplp_graph.meta.run import build, load_params_file
 
     for path in (config_path, learner_path):
         if not os.path.isfile(path):
             raise UserError(f"{path}: no such file")
-    try:
-        config = ExperimentConfig.model_validate(yaml.safe_load(Path(config_path).read_text()))
-    except (yaml.YAMLError, ValidationError) as e:
-        raise UserError(f"{config_path}: not a valid experiment config: {e}") from None
-    setup = build(config)
+    setup = build(_experiment_config(config_path))
     try:
         params = load_params_file(setup, learner_path)
     except (ValueError, OSError) as e:

@@ -40,6 +40,8 @@ class MplpGraphError(Exception):
 class GraphSpecError(MplpGraphError):
     """A graph document or spec is invalid. Holds one or more located issues."""
 
+    document = "graph"  # what the issues are in, for the heading of several
+
     def __init__(self, issues: list[tuple[Location, str]] | str, location: Location | None = None):
         if isinstance(issues, str):
             issues = [(location or Location(), issues)]
@@ -53,7 +55,13 @@ class GraphSpecError(MplpGraphError):
             lines.append(f"{where}: {msg}" if where else msg)
         if len(lines) == 1:
             return lines[0]
-        return f"{len(lines)} problems in graph:\n" + "\n".join("  " + ln for ln in lines)
+        return f"{len(lines)} problems in {self.document}:\n" + "\n".join("  " + ln for ln in lines)
+
+
+class ConfigError(GraphSpecError):
+    """An experiment config file is invalid (located issues, as for a graph file)."""
+
+    document = "config"
 
 
 class CompileError(MplpGraphError):

@@ -146,3 +146,20 @@ def test_train_and_eval_an_mnist_config(tmp_path, capsys):
     other.write_text(cfg.read_text().replace("msg: 2", "msg: 3"))
     assert main(["eval", "--config", str(other), "--learner", str(tmp_path / "learner.npz"), "--out", str(ev)]) == 2
     assert "saved for another graph" in capsys.readouterr().err
+
+
+def test_bad_experiment_configs_name_file_line_and_key(tmp_path, capsys):
+    cases = {
+        "meta:\n  steps: -1\n": (":2:3 meta.steps", "greater than or equal to 1"),
+        "meta:\n  stepz: 3\n": (":2:3 meta.stepz", "Did you mean 'steps'?"),
+        "meta:\n  steps: 3\n  steps: 4\n": (":3:3", "duplicate key 'steps'"),
+        "graph: {sizes: [1, 4, 1]\n": (":2:1", ""),  # unclosed flow mapping: a YAML syntax error
+        "- 1\n- 2\n": (":1:1", "top level of an experiment config must be a mapping"),
+    }
+    for n, (text, (where, what)) in enumerate(cases.items()):
+        path = tmp_path / f"bad{n}.yaml"
+        path.write_text(text)
+        assert main(["train", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}{where}" in err and what in err, err
+        assert "Traceback" not in err

@@ -201,3 +201,51 @@ def test_library_xla_options_on_the_cpu(monkeypatch):
     np.testing.assert_allclose(xla.jit(f)(x), jax.jit(f)(x), rtol=1e-6)
     monkeypatch.setenv("MPLP_XLA_DEFAULTS", "1")
     assert xla.default_options() == {} and xla.compiler_options() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# remat policies: what the backward pass keeps from each inner step
+
+
+@pytest.mark.parametrize("learner", ["gru", "mlp"])
+def test_remat_policies_keep_more_and_give_the_same_meta_gradient(learner):
+    from mplp_graph.meta.objectives import task_loss
+
+    prog = mg.compile_graph(mplp_feedforward((1, 12, 1), learner=learner, msg=3, hidden=2))
+    family = SinusoidFamily(inner_steps=3, batch=6, cv_points=8)
+    params = prog.init_params(jax.random.PRNGKey(0))
+    prior = jax.tree_util.tree_map(lambda x: x[0], make_pool(prog, jax.random.PRNGKey(1), 1))
+    task = family.sample(jax.random.PRNGKey(2))
+    kept, grads = {}, {}
+    for remat in ("full", "hidden", "dots", "none"):
+        loss, vjp = jax.vjp(lambda p: task_loss(prog, MetaLoss(remat=remat), p, prior, task)[0], params)
+        kept[remat] = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(vjp))  # residual bytes
+        grads[remat] = (float(loss), vjp(jnp.ones_like(loss))[0])
+    # each policy keeps strictly more of the forward pass than the one before
+    assert kept["full"] < kept["hidden"] < kept["dots"] < kept["none"], kept
+    for remat in ("full", "hidden", "dots"):
+        assert grads[remat][0] == pytest.approx(grads["none"][0], rel=1e-6)
+        for a, b in zip(jax.tree_util.tree_leaves(grads[remat][1]), jax.tree_util.tree_leaves(grads["none"][1]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * (float(jnp.max(jnp.abs(b))) + 1e-12))
+    # True / False are the "full" / "none" policies
+    from mplp_graph.meta.objectives import remat_policy
+
+    assert remat_policy(True) == remat_policy("full") and remat_policy(False) == remat_policy("none")
+    with pytest.raises(ValueError, match="remat must be"):
+        remat_policy("half")
+
+
+def test_remat_config_key_and_its_located_error(tmp_path):
+    from mplp_graph.errors import ConfigError
+    from mplp_graph.meta.config import load_experiment_config
+    from mplp_graph.meta.run import build, meta_step
+
+    good = tmp_path / "good.yaml"
+    good.write_text("graph: {sizes: [1, 4, 1], msg: 3, hidden: 2}\nmeta:\n  remat: hidden\n")
+    assert meta_step(build(load_experiment_config(good))).objective.remat == "hidden"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("graph: {sizes: [1, 4, 1]}\nmeta:\n  steps: 3\n  remat: half\n")
+    with pytest.raises(ConfigError) as e:
+        load_experiment_config(bad)
+    msg = str(e.value)
+    assert f"{bad}:4:3 meta.remat: expected a boolean (true or false) or one of 'full', 'hidden', 'dots' or 'none', got 'half'" in msg, msg

@@ -78,6 +78,12 @@ _MODEL_WORDS = {
     "ConstantInit": "a constant init",
     "NormalInit": "a normal init",
     "UniformInit": "a uniform init",
+    # experiment configs (mplp_graph.meta.config)
+    "ExperimentConfig": "the experiment config",
+    "GraphConfig": "the 'graph' section",
+    "TaskConfig": "the 'task' section",
+    "MetaConfig": "the 'meta' section",
+    "EvalConfig": "the 'eval' section",
 }
 
 
@@ -179,9 +185,10 @@ def _unwrap(tp: Any, value: Any) -> Any:
     return tp
 
 
-def _model_at(tokens: list, data: Any) -> Any:
-    """The model class (or list of candidate classes) describing the mapping at ``tokens``."""
-    tp, cur = GraphSpec, data
+def _model_at(tokens: list, data: Any, root: Any = GraphSpec) -> Any:
+    """The model class (or list of candidate classes) describing the mapping at ``tokens`` of a
+    document validated as ``root``."""
+    tp, cur = root, data
     for t in tokens:
         tp = _unwrap(tp, cur)
         if isinstance(tp, list):
@@ -218,14 +225,14 @@ def _help(tokens: list) -> str:
     return f" {key!r} should be {FIELD_HELP[key]}." if key in FIELD_HELP else ""
 
 
-def _describe(err: dict, tokens: list, value: Any, data: Any) -> str:
+def _describe(err: dict, tokens: list, value: Any, data: Any, root: Any = GraphSpec) -> str:
     kind, msg, ctx = err["type"], err["msg"], err.get("ctx") or {}
     key = tokens[-1] if tokens else ""
     if kind == "missing":
         hint = FIELD_HELP.get(key, "a value")
         return f"required key {key!r} is missing; add '{key}: ...' with {hint}"
     if kind == "extra_forbidden":
-        model = _model_at(tokens[:-1], data)
+        model = _model_at(tokens[:-1], data, root)
         valid = _keys_of(model)
         names = valid + [n for m in (model if isinstance(model, list) else [model]) if isinstance(m, type) for n in m.model_fields if n not in valid]
         close = difflib.get_close_matches(str(key), names, n=1)
@@ -252,7 +259,7 @@ def _describe(err: dict, tokens: list, value: Any, data: Any) -> str:
     if kind in _TYPE_WORDS:
         want = _TYPE_WORDS[kind]
         if kind.startswith("model") or kind == "dict_type":
-            keys = _keys_of(_model_at(tokens, data))
+            keys = _keys_of(_model_at(tokens, data, root))
             want += f" with keys {', '.join(keys)}" if keys else ""
         quote = ""
         if kind == "string_type" and isinstance(value, bool):
@@ -263,20 +270,24 @@ def _describe(err: dict, tokens: list, value: Any, data: Any) -> str:
     return f"{msg}, got {_found(value)}.{_help(tokens)}"
 
 
-def _validation_issues(exc: ValidationError, data: dict, locate: Callable[[str], Location]) -> list[tuple[Location, str]]:
+def _validation_issues(exc: ValidationError, data: dict, locate: Callable[[str], Location], root: Any = GraphSpec) -> list[tuple[Location, str]]:
+    """One located issue per pydantic error of ``root.model_validate(data)`` (``root``: the model
+    the document was validated as: a graph, or an experiment config)."""
     by_path: dict[str, list[tuple[dict, list, Any]]] = {}
     for err in exc.errors():
         tokens, value = _clean_loc(err, data)  # value: as written in the document
         by_path.setdefault(_path_str(tokens), []).append((err, tokens, value))
     issues = []
     for path, errs in by_path.items():
-        if len(errs) > 1 and all(e["type"] in _TYPE_WORDS for e, _, _ in errs):  # a union of scalar types
-            wants = list(dict.fromkeys(_TYPE_WORDS[e["type"]] for e, _, _ in errs))
+        if len(errs) > 1 and all(e["type"] in _TYPE_WORDS or e["type"] == "literal_error" for e, _, _ in errs):  # a union of scalars
+            wants = list(dict.fromkeys(
+                _TYPE_WORDS[e["type"]] if e["type"] in _TYPE_WORDS else f"one of {(e.get('ctx') or {}).get('expected')}" for e, _, _ in errs
+            ))
             _, tokens, value = errs[0]
             issues.append((locate(path), f"expected {', '.join(wants[:-1])} or {wants[-1]}, got {_found(value)}.{_help(tokens) or ' Change the value.'}"))
             continue
         for err, tokens, value in errs:
-            issues.append((locate(path), _describe(err, tokens, value, data)))
+            issues.append((locate(path), _describe(err, tokens, value, data, root)))
     return issues
 
 

@@ -47,20 +47,27 @@ def loads_graph(text: str | bytes, filename: str = "<string>") -> GraphSpec:
         text = _decode(text, filename)
     elif len(text) > MAX_BYTES:
         raise GraphSpecError(MSG_TOO_BIG.format(size=len(text), limit=MAX_BYTES), Location(file=filename))
+    spec, locate = validate_located(text, filename, GraphSpec)
+    return verify(spec, locate=locate)
+
+
+def validate_located(text: str, filename: str, model: Any, error: type[GraphSpecError] = GraphSpecError, top: str = MSG_TOP) -> tuple[Any, Any]:
+    """Steps 2-4 for any pydantic ``model``: ``(model instance, locate)``, where ``locate(path)``
+    gives the file, line and column of a YAML path; raises ``error`` with located issues.
+    ``top``: the message for a document that is not a mapping (``{found}`` in it)."""
     node, anchors = _compose(text, filename)
     builder = _Builder(filename, anchors)
     data = builder.build(node, "") if node is not None else None
     if builder.issues:
-        raise GraphSpecError(builder.issues)
+        raise error(builder.issues)
     if not isinstance(data, dict):
         found = "an empty document" if data is None else _kind_of(data)
-        raise GraphSpecError(MSG_TOP.format(found=found), Location(filename, 1, 1))
+        raise error(top.format(found=found), Location(filename, 1, 1))
     locate = _locator(filename, builder.positions)
     try:
-        spec = GraphSpec.model_validate(data)
+        return model.model_validate(data), locate
     except ValidationError as e:
-        raise GraphSpecError(_validation_issues(e, data, locate)) from None
-    return verify(spec, locate=locate)
+        raise error(_validation_issues(e, data, locate, model)) from None
 
 
 def dump_graph(spec: GraphSpec) -> str:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 
 def glorot_uniform(key: Any, shape: tuple[int, int]) -> Any:
@@ -35,6 +36,10 @@ def glorot_uniform(key: Any, shape: tuple[int, int]) -> Any:
 
 MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 FIRST_LAYERS = ("rows", "split")
+# the name of the learners' hidden layers that follow a hidden-to-hidden matmul (the GRU's
+# 80 -> 40 layers, an MLP learner's layers after the first), for remat policies
+# (mplp_graph.meta.objectives.remat_policy: "hidden")
+HIDDEN_NAME = "mplp_hidden"
 
 
 def dot(x: Any, kernel: Any, dtype: Any = None) -> Any:
@@ -106,6 +111,8 @@ def mlp_apply(
             h = h + params[f"b{n}"]
         if n < n_layers:
             h = hidden_act(h)
+            if n > 1:
+                h = checkpoint_name(h, HIDDEN_NAME)
     h = out_act(h) if out_act is not None else h
     return h.reshape(*lead, h.shape[-1])
 
@@ -150,9 +157,9 @@ def gru_apply(p: dict[str, Any], channels: Sequence[Any], c: Any, dtype: Any = N
     u, r = gates[:, :C], gates[:, C:]
     nx_, nc_ = p["next_x_net"], p["next_c_net"]
     hx = jnp.tanh(project(nx_["k1"]) + nx_["b1"])
-    hx = jnp.tanh(dot(hx, nx_["k2"], dtype) + nx_["b2"])
+    hx = checkpoint_name(jnp.tanh(dot(hx, nx_["k2"], dtype) + nx_["b2"]), HIDDEN_NAME)
     hc = jnp.tanh(dot(r * c, nc_["k1"], dtype) + nc_["b1"])
-    hc = jnp.tanh(dot(hc, nc_["k2"], dtype) + nc_["b2"])
+    hc = checkpoint_name(jnp.tanh(dot(hc, nc_["k2"], dtype) + nc_["b2"]), HIDDEN_NAME)
     n = jnp.tanh(dot(hx, nx_["k3"], dtype) + dot(hc, nc_["k3"], dtype) + p["b_next"])
     return (u * c + (1.0 - u) * n).reshape(*lead, C)
 

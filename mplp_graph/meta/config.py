@@ -4,6 +4,7 @@ family, how to meta-train and evaluate. Everything a run needs is here, so a run
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,7 +57,9 @@ class MetaConfig(_Strict):
     seed: int = 0
     checkpoint_every: int = Field(500, ge=1)
     shard_tasks: bool = False  # split the outer batch over all devices (mplp_graph.meta.shard)
-    remat: bool = True  # recompute each inner step in the backward pass (MetaLoss.remat)
+    # recompute each inner step in the backward pass (MetaLoss.remat): true (= "full"), false
+    # (= "none"), or a partial policy, "hidden" / "dots" (mplp_graph.meta.objectives.REMAT)
+    remat: bool | Literal["full", "hidden", "dots", "none"] = True
     fast_compile: bool = False  # compile the meta-step with XLA optimization level 1 (train.FAST_COMPILE)
 
 
@@ -72,3 +75,21 @@ class ExperimentConfig(_Strict):
     task: TaskConfig = TaskConfig()
     meta: MetaConfig = MetaConfig()
     eval: EvalConfig = EvalConfig()
+
+
+def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
+    """Read and validate the experiment config file ``path`` (YAML). Raises
+    :class:`mplp_graph.errors.ConfigError` whose issues say ``file:line:col key.path: what was
+    expected, what was found, how to fix it``, as for graph files (duplicate keys included)."""
+    from mplp_graph.config.load import validate_located
+    from mplp_graph.config.yaml_nodes import MAX_BYTES, _decode
+    from mplp_graph.errors import ConfigError, Location
+
+    filename = os.fspath(path)
+    if not os.path.isfile(filename):
+        raise ConfigError(f"no such file; give the path of an experiment config (e.g. experiments/sinusoid/config.yaml)", Location(file=filename))
+    with open(filename, "rb") as f:
+        raw = f.read(MAX_BYTES + 1)
+    top = "the top level of an experiment config must be a mapping with keys such as " + ", ".join(ExperimentConfig.model_fields) + "; found {found}"
+    config, _ = validate_located(_decode(raw, filename), filename, ExperimentConfig, ConfigError, top)
+    return config

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from mplp_graph.compile.pipeline import Program
+from mplp_graph.learners.nets import HIDDEN_NAME
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 
 
@@ -19,7 +20,7 @@ class MetaLoss:
 
     hint_weight: float = 0.7
     cv_weight: float = 0.3
-    remat: bool = True  # jax.checkpoint around each inner step
+    remat: bool | str = True  # jax.checkpoint around each inner step: see REMAT
 
 
 def predict_loss(prog: Program, params: Any, state: Any, x: Any, y: Any) -> Any:
@@ -31,7 +32,32 @@ def predict_loss(prog: Program, params: Any, state: Any, x: Any, y: Any) -> Any:
     return jnp.mean(out["loss"])
 
 
-def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any, remat: bool = True) -> tuple[Any, Any]:
+# What the remat of an inner step keeps from its forward pass (``jax.checkpoint`` policies):
+# ``full`` (= True) keeps nothing but the step's inputs and recomputes the whole step in the
+# backward pass; ``hidden`` also keeps the learners' hidden layers that follow a hidden-to-hidden
+# matmul (the GRU's two 40-wide layers, tagged ``HIDDEN_NAME`` in mplp_graph.learners.nets: 80
+# floats per agent-example and step) so that the recompute skips the costliest matmuls; ``dots``
+# keeps the output of every matmul; ``none`` (= False) keeps everything (no remat). On the 2-core
+# CPU the partial policies are slower than ``full`` (storing and reloading the kept layers costs
+# more memory traffic than the matmuls they save): docs/mplp.md, benchmarks/kernel_bench.py.
+REMAT = ("full", "hidden", "dots", "none")
+
+
+def remat_policy(remat: bool | str) -> tuple[bool, Any]:
+    """``(wrap the step in jax.checkpoint?, its policy)`` for a :data:`REMAT` name or a bool."""
+    name = {True: "full", False: "none"}.get(remat, remat) if isinstance(remat, bool) else remat
+    if name == "full":
+        return True, None
+    if name == "hidden":
+        return True, jax.checkpoint_policies.save_only_these_names(HIDDEN_NAME)
+    if name == "dots":
+        return True, jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    if name == "none":
+        return False, None
+    raise ValueError(f"remat must be true, false or one of {REMAT}, got {remat!r}")
+
+
+def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any, remat: bool | str = True) -> tuple[Any, Any]:
     """Run ``k`` inner steps from ``prior``; returns the final carry (persistent fields) and the
     hint losses ``(k,)``."""
     carry = prog.carry_of(with_agent_params(zeros_state(prog.spec, xt.shape[1]), prior))
@@ -43,7 +69,8 @@ def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any, remat: 
 
     # remat: recompute each inner step's activations in the backward pass instead of storing
     # them (on a 2-core CPU: ~30% faster meta-steps, a third of the memory; benchmarks/)
-    return jax.lax.scan(jax.checkpoint(body) if remat else body, carry, (xt, yt))
+    wrap, policy = remat_policy(remat)
+    return jax.lax.scan(jax.checkpoint(body, policy=policy) if wrap else body, carry, (xt, yt))
 
 
 def task_loss(prog: Program, objective: MetaLoss, params: Any, prior: Any, task: dict[str, Any]) -> tuple[Any, dict]:

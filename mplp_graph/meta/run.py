@@ -23,7 +23,7 @@ from mplp_graph.meta.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from mplp_graph.meta.config import ExperimentConfig
+from mplp_graph.meta.config import ExperimentConfig, load_experiment_config
 from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
@@ -133,7 +133,7 @@ def meta_step(setup: Setup) -> MetaStep:
 
 def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:
     run_dir = Path(run_dir)
-    config = ExperimentConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    config = load_experiment_config(run_dir / "config.yaml")
     setup = build(config)
     params = setup.prog.init_params(jax.random.PRNGKey(0))
     ckpt = latest_checkpoint(run_dir)
