@@ -16,12 +16,14 @@ vmap variants do not apply). Every variant's first meta-step is checked against 
 variant's (loss to 1e-5 relative, new parameters to ``2 * lr``) before timing; meta-steps are timed
 in interleaved rounds (order rotating). ``--no-remat`` adds the default without the inner-step
 remat (its ~3 GB of residuals are fresh memory on every call: run it once more under
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` to see what the page faults cost). ``--eval`` adds the 100-run MNIST evaluation (untrained
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` to see what the page faults cost). ``--set remat``
+times the partial remat policies instead (``meta.remat: hidden`` keeps the learners' 40-wide
+hidden layers, ``dots`` every matmul output) against full remat. ``--eval`` adds the 100-run MNIST evaluation (untrained
 learner; needs MNIST, docs/data.md) for ``first_layer`` x XLA options, also interleaved.
 
-    python benchmarks/kernel_bench.py [--config mnist] [--rounds 5] [--iters 2] [--no-remat] [--eval] [--eval-reps 2] [--out FILE]
+    python benchmarks/kernel_bench.py [--config mnist] [--set kernels|remat|all] [--rounds 5] [--iters 2] [--no-remat] [--eval] [--eval-reps 2] [--out FILE]
 
-Results: ``benchmarks/results/kernel_bench_CONFIG.json``.
+Results: ``benchmarks/results/kernel_bench_CONFIG.json`` (``_CONFIG_remat.json`` for ``--set remat``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ VARIANTS = {
     "XLA default options + single task vmapped": ("split", False, True, True),
 }
 NO_REMAT = {"no inner-step remat": ("split", True, False, False)}
+# the partial remat policies (mplp_graph.meta.objectives.REMAT), against full remat (the default)
+REMAT_POLICIES = {"remat=hidden": ("split", True, False, "hidden"), "remat=dots": ("split", True, False, "dots")}
 
 
 def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, remat: bool = True):
@@ -79,8 +83,13 @@ def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, 
     return step, prog.init_params(key), make_pool(prog, jax.random.fold_in(key, 3), cfg.pool)
 
 
-def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_remat: bool = False) -> dict:
-    variants = {k: v for k, v in {**VARIANTS, **(NO_REMAT if no_remat else {})}.items() if not (v[2] and cfg.outer_batch > 1)}
+def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_remat: bool = False, sets: str = "kernels") -> dict:
+    """``sets``: ``kernels`` (the kernel choices), ``remat`` (the default and the remat
+    policies) or ``all``; ``no_remat`` adds the default without remat."""
+    chosen = {**(VARIANTS if sets in ("kernels", "all") else dict(list(VARIANTS.items())[:1]))}
+    chosen.update(REMAT_POLICIES if sets in ("remat", "all") else {})
+    chosen.update(NO_REMAT if no_remat else {})
+    variants = {k: v for k, v in chosen.items() if not (v[2] and cfg.outer_batch > 1)}
     jitted, fixed = {}, None
     for name, (first_layer, library, vmapped, remat) in variants.items():
         step, params, pool = build_step(cfg, first_layer, vmapped, seed, remat)
@@ -154,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-remat", action="store_true", help="also the default without the inner-step remat (meta.remat: false)")
+    ap.add_argument("--set", default="kernels", choices=["kernels", "remat", "all"],
+                    help="meta-step variants: the kernel choices (default), the remat policies (meta.remat: hidden, dots) against full remat, or all")
     ap.add_argument("--eval", action="store_true", help="also the 100-run MNIST evaluation (needs MNIST)")
     ap.add_argument("--eval-runs", type=int, default=100)
     ap.add_argument("--eval-reps", type=int, default=2, help="timed evaluation calls per variant (after the first)")
@@ -161,12 +172,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     cfg = next(c for c in msb.ALL_CONFIGS if c.name == args.config)
-    out = args.out or HERE / "results" / f"kernel_bench_{cfg.name}.json"
+    out = args.out or HERE / "results" / f"kernel_bench_{cfg.name}{'' if args.set == 'kernels' else '_' + args.set}.json"
     doc = {
         **result_header("kernel_bench", argv, args.note),
         "library_xla_options": xla.CPU_OPTIONS,
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
-        "meta_step": bench_meta_step(cfg, args.rounds, args.iters, args.seed, args.no_remat),
+        "meta_step": bench_meta_step(cfg, args.rounds, args.iters, args.seed, args.no_remat, args.set),
     }
     if args.eval:
         doc["eval_mnist"] = bench_eval(args.eval_runs, args.eval_reps)

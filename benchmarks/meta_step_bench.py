@@ -439,8 +439,8 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-30)
 
 
-def check_agreement(b: Bench, key: Any, steps: dict[str, Callable]) -> dict[str, float]:
-    """Loss, gradient and full-step agreement of engine and direct (see the module docstring).
+def check_agreement(b: Bench, key: Any, steps: dict[str, Callable], grad_tol: float = GRAD_TOL) -> dict[str, float]:
+    """Loss, gradient (to ``grad_tol``) and full-step agreement of engine and direct (see the module docstring).
     ``steps``: the jitted meta-steps. On accelerators everything is traced at matmul precision
     ``highest`` (on CPU that is the default, and the timed executables are reused)."""
     cfg = b.cfg
@@ -485,8 +485,8 @@ def check_agreement(b: Bench, key: Any, steps: dict[str, Callable]) -> dict[str,
     for k in ("loss_rel_diff", "hint_rel_diff", "cv_rel_diff", "step_loss_rel_diff"):
         if not out[k] <= LOSS_RTOL:
             failures.append(f"{k} = {out[k]:.3g} > {LOSS_RTOL}")
-    if not worst <= GRAD_TOL:
-        failures.append(f"meta-gradient differs by {worst:.3g} (relative, leaf {worst_leaf}) > {GRAD_TOL}")
+    if not worst <= grad_tol:
+        failures.append(f"meta-gradient differs by {worst:.3g} (relative, leaf {worst_leaf}) > {grad_tol}")
     if not out["step_param_max_diff"] <= 2 * cfg.lr:
         failures.append(f"parameters after one meta-step differ by {out['step_param_max_diff']:.3g} > 2 lr = {2 * cfg.lr}")
     if failures:
@@ -703,6 +703,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile-reps", type=int, default=2,
                    help="separate .lower()/.compile() measurements per contender, order alternating (default 2; min reported)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grad-tol", type=float, default=GRAD_TOL,
+                   help=f"meta-gradient agreement per leaf, relative to its largest entry (default {GRAD_TOL}; float32 "
+                   "rounding over 20 inner steps of a wider net reaches ~1e-4: the scaling sweep uses 1e-3)")
     p.add_argument("--engine-only", action="store_true",
                    help="time the engine alone (no hand-written contender, no agreement check): for sizes where the direct version does not fit in memory")
     args = p.parse_args(argv)
@@ -752,7 +755,7 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
             comp[k]["compile_s_all"].append(round(c["compile_s"], 3))
             comp[k]["lower_s"] = min(comp[k]["lower_s"], c["lower_s"])
             comp[k]["compile_s"] = min(comp[k]["compile_s"], c["compile_s"])
-    agree = None if args.engine_only else check_agreement(b, jax.random.fold_in(key, 12345), jitted)
+    agree = None if args.engine_only else check_agreement(b, jax.random.fold_in(key, 12345), jitted, args.grad_tol)
     if agree is not None:
         print(
             f"{cfg.name}: engine and direct agree: meta-loss {agree['loss_rel_diff']:.2e} (rel), meta-gradient "
@@ -832,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.date.today().isoformat(),
         **args.notes,
-        "settings": {"rounds": args.rounds, "iters": args.iters, "compile_reps": args.compile_reps, "seed": args.seed, "quick": args.quick,
+        "settings": {"rounds": args.rounds, "iters": args.iters, "compile_reps": args.compile_reps, "seed": args.seed, "quick": args.quick, "grad_tol": args.grad_tol,
                      "scaling": args.scaling},
         "rows": rows,
         "complete": False,
