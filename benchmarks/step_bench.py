@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mplp_graph as mg
+from mplp_graph import xla
 from mplp_graph.ops.builtin import CE_CLIP
 from bench_common import _git, machine_line, write_json_atomic  # noqa: E402  (benchmarks/ is on sys.path)
 
@@ -177,6 +178,11 @@ def engine_params(cfg: NetConfig, state) -> tuple:
     return tuple((state[f"W{k}"]["w"], state[f"b{k}"]["b"]) for k in range(n))
 
 
+# how every contender is jitted: XLA's defaults (a plain jax.jit; default) or the library's XLA
+# options (``--xla library``: mplp_graph.xla.jit, as the library compiles its MPLP programs)
+JIT = [jax.jit]
+
+
 @dataclass
 class Contenders:
     """Per kind (``step``, ``scan20``, ``vmap_scan20``): jitted functions ``(carry, arg) -> carry``
@@ -207,16 +213,16 @@ def build(cfg: NetConfig, key: Any, n_tasks: int) -> Contenders:
     ones = {"engine": engine_one, "manual": direct_one(manual_step), "jaxgrad": direct_one(jaxgrad_step)}
 
     def as_step(one):
-        return jax.jit(lambda c, b: one(c, b)[0])
+        return JIT[0](lambda c, b: one(c, b)[0])
 
     def as_scan(one):
-        return jax.jit(lambda c, bs: jax.lax.scan(one, c, bs)[0])  # bs: (T, B, ...)
+        return JIT[0](lambda c, bs: jax.lax.scan(one, c, bs)[0])  # bs: (T, B, ...)
 
     def as_vmap_scan(one):
         def one_all_tasks(cs, bs):  # cs: (tasks, ...), bs: (tasks, B, ...)
             return jax.vmap(one)(cs, bs)
 
-        return jax.jit(lambda c, bs: jax.lax.scan(one_all_tasks, c, bs)[0])  # bs: (T, tasks, B, ...)
+        return JIT[0](lambda c, bs: jax.lax.scan(one_all_tasks, c, bs)[0])  # bs: (T, tasks, B, ...)
 
     state = prog.init(key, cfg.batch)
     states = jax.vmap(lambda k: prog.init(k, cfg.batch))(jax.random.split(key, n_tasks))
@@ -373,6 +379,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hlo", type=Path, default=None, help="dump optimized HLO and op counts into this folder")
     p.add_argument("--tasks", type=int, default=4, help="tasks side by side in the vmapped scan (default 4)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--xla", choices=["library", "default"], default="default",
+                   help="compile every contender with XLA's defaults (jax.jit; default) or the library's XLA options (mplp_graph.xla.jit)")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.iters, args.scan_iters = 3, 20, 3
@@ -426,6 +434,7 @@ def bench_net(cfg: NetConfig, args: argparse.Namespace) -> tuple[list[dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    JIT[0] = xla.jit if args.xla == "library" else jax.jit
     nets = [n for n in NETS if not args.net or n.name in args.net]
     rows: list[dict[str, Any]] = []
     hlo: dict[str, Any] = {}
@@ -448,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         "git_commit": commit,
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.date.today().isoformat(),
-        "settings": {"rounds": args.rounds, "iters": args.iters, "scan_iters": args.scan_iters, "scan_steps": SCAN_STEPS, "tasks": args.tasks, "seed": args.seed, "quick": args.quick},
+        "settings": {"rounds": args.rounds, "iters": args.iters, "scan_iters": args.scan_iters, "scan_steps": SCAN_STEPS, "tasks": args.tasks, "seed": args.seed, "quick": args.quick,
+                     "xla_options": xla.default_options() if args.xla == "library" else "xla_default"},
         "rows": rows,
     }
     write_json_atomic(args.out, result)
