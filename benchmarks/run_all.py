@@ -1,7 +1,7 @@
 """The benchmark suite: run every benchmark, then print one table from their JSON results.
 
     python benchmarks/run_all.py            # all benchmarks (long: tens of minutes on 2 cores)
-    python benchmarks/run_all.py --quick    # smoke settings (fewer rounds and runs)
+    python benchmarks/run_all.py --quick    # smoke settings (fewer rounds and runs), into runs/bench_quick/
     python benchmarks/run_all.py --table    # only print the table from benchmarks/results/*.json
 
 Each benchmark writes its own JSON into ``benchmarks/results/`` (format: shared/docs/results.md)
@@ -30,10 +30,12 @@ SUITE = {
     "kernel_bench_remat": (["--set", "remat", "--rounds", "3"], ["--set", "remat", "--rounds", "2", "--iters", "1"]),
 }
 SCRIPT = {"kernel_bench_remat": "kernel_bench"}  # suite entries that run another entry's script
+OUT_NAME = {"kernel_bench": "kernel_bench_mnist", "kernel_bench_remat": "kernel_bench_mnist_remat"}  # their JSON file names
+QUICK_DIR = HERE.parent / "runs" / "bench_quick"  # --quick results: smoke numbers, kept apart from the recorded ones
 
 
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
+def _load(name: str, results: Path = RESULTS) -> dict | None:
+    path = results / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -46,11 +48,12 @@ def _first_call(row: dict) -> str:
     return f"compile {row.get('compile_s', float('nan')):.1f} s"
 
 
-def table() -> str:
+def table(results: Path = RESULTS) -> str:
+    """One line per measurement, from the JSON files in ``results``."""
     lines = [f"{'benchmark':44s} {'engine':>12s} {'direct':>12s} {'ratio':>7s}  notes"]
-    scaling = sorted(p.stem for p in RESULTS.glob("meta_step_scaling*.json"))
+    scaling = sorted(p.stem for p in results.glob("meta_step_scaling*.json"))
     for bench in ("step_bench", "meta_step_bench", *scaling):
-        doc = _load(bench)
+        doc = _load(bench, results)
         for r in (doc or {}).get("rows", []):
             if bench == "step_bench" and not r["name"].endswith("vs_manual"):
                 continue
@@ -60,14 +63,14 @@ def table() -> str:
                 lines.append(f"{r['name']:44s} {r['engine_ms']:10.3f}ms {'-':>12s} {'-':>7s}  {_first_call(r)}, engine only")
                 continue
             lines.append(f"{r['name']:44s} {r['engine_ms']:10.3f}ms {r['direct_ms']:10.3f}ms {r['ratio']:7.3f}  {_first_call(r)}")
-    for path in sorted(RESULTS.glob("chunk_bench_*.json")):
-        doc = _load(path.stem)
+    for path in sorted(results.glob("chunk_bench_*.json")):
+        doc = _load(path.stem, results)
         ms = doc["meta_step"]
         for name, t in ms["ms_median"].items():
             label = f"{ms['config']['name']} meta-step, {name}"
             lines.append(f"{label:44s} {t:10.1f}ms {'':>12s} {ms['ratio_vs_whole'][name]:7.3f}  vs rows=0 (whole, remat)")
-    for path in sorted(RESULTS.glob("kernel_bench_*.json")):
-        doc = _load(path.stem)
+    for path in sorted(results.glob("kernel_bench_*.json")):
+        doc = _load(path.stem, results)
         ms = doc["meta_step"]
         hp = ", huge pages" if "hugetlb=1" in doc.get("glibc_tunables", "") else ""
         for name, t in ms["ms_median"].items():
@@ -76,16 +79,16 @@ def table() -> str:
         for name, t in doc.get("eval_mnist", {}).get("s_median", {}).items():
             lines.append(f"{'eval mnist, ' + name:44s} {t:11.2f}s {'':>12s} {doc['eval_mnist']['ratio_vs_default'][name]:7.3f}  vs the default kernels")
     for bench in ("eval_bench", "eval_bench_gpu"):
-        doc = _load(bench)
+        doc = _load(bench, results)
         where = "GPU" if bench.endswith("gpu") else "CPU"
         for name, r in (doc or {}).get("results", {}).items():
             label = f"eval {name} ({r['runs']} runs, {where})"
             lines.append(f"{label:44s} {r['median_s']:11.3f}s {'':>12s} {'':>7s}  first call {r['first_call_s']:.1f} s")
-    doc = _load("memory_bench")
+    doc = _load("memory_bench", results)
     for r in (doc or {}).get("results", []):
         name = f"memory mnist {r['inner_steps']} steps, remat {'on' if r['remat'] else 'off'}"
         lines.append(f"{name:44s} {r['total_mib']:10.1f}MiB {'':>12s} {'':>7s}")
-    doc = _load("compile_bench")
+    doc = _load("compile_bench", results)
     for name, r in (doc or {}).get("summary", {}).items():
         lines.append(f"{'compile sinusoid meta-step, ' + name:44s} {r['compile_s']:11.1f}s {'':>12s} {r['compile_ratio_vs_default']:7.3f}  step ratio {r['step_ratio_vs_default']:.2f}")
     return "\n".join(lines)
@@ -96,14 +99,20 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--table", action="store_true", help="only print the table")
     ap.add_argument("--only", nargs="+", choices=sorted(SUITE))
+    ap.add_argument("--out-dir", type=Path, default=None,
+                    help=f"where the JSON results go and the table is read from (default {RESULTS.relative_to(HERE.parent)}; "
+                    f"with --quick {QUICK_DIR.relative_to(HERE.parent)}, so that smoke runs never replace recorded results)")
     args = ap.parse_args(argv)
+    out_dir = args.out_dir or (QUICK_DIR if args.quick else RESULTS)
     if not args.table:
+        out_dir.mkdir(parents=True, exist_ok=True)
         for name in args.only or SUITE:
             full, quick = SUITE[name]
-            cmd = [sys.executable, str(HERE / f"{SCRIPT.get(name, name)}.py"), *(quick if args.quick else full)]
+            out = out_dir / f"{OUT_NAME.get(name, name)}.json"
+            cmd = [sys.executable, str(HERE / f"{SCRIPT.get(name, name)}.py"), *(quick if args.quick else full), "--out", str(out)]
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
-    print(table())
+    print(table(out_dir))
     return 0
 
 
