@@ -1,4 +1,5 @@
-"""Benchmark: memory of long unrolls, with and without remat of the inner step.
+"""Benchmark: memory of long unrolls, with and without remat of the inner step (and with the
+partial remat policies ``hidden`` and ``dots``, mplp_graph.meta.objectives.REMAT).
 
 For the MNIST-shaped meta-step ((144,50,10) sigmoid + softmax + CE, stateful learner, message 4,
 hidden 7, W/b learners shared across layers, batch 8, outer batch 1) with ``--steps`` inner steps
@@ -6,9 +7,10 @@ hidden 7, W/b learners shared across layers, batch 8, outer batch 1) with ``--st
 ``temp`` is the scratch memory the program needs (activations kept for the backward pass live
 here), ``argument``/``output`` the inputs and results. ``MetaLoss(remat=True)`` wraps each inner
 step in ``jax.checkpoint``, so only the carry between steps is stored and each step's
-activations are recomputed in the backward pass.
+activations are recomputed in the backward pass; ``remat="hidden"`` / ``"dots"`` also keep the
+learners' 40-wide hidden layers / every matmul output of each step.
 
-    python benchmarks/memory_bench.py [--steps 20 100] [--out benchmarks/results/memory_bench.json]
+    python benchmarks/memory_bench.py [--steps 20 100] [--remat full none hidden dots] [--out benchmarks/results/memory_bench.json]
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from meta_step_bench import RandomClassFamily
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def analyse(steps: int, remat: bool) -> dict:
+def analyse(steps: int, remat: bool | str) -> dict:
     prog = compile_graph(mplp_feedforward((144, 50, 10), "sigmoid", "ce", msg=4, hidden=7, sharing="layers"))
     family = RandomClassFamily(inner_steps=steps, batch=8, cv_points=8, n_in=144, n_out=10)
     step = MetaStep(prog, family.sample, MetaLoss(remat=remat), 1, adam(5e-4))
@@ -59,12 +61,14 @@ def analyse(steps: int, remat: bool) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, nargs="+", default=[20, 100])
+    ap.add_argument("--remat", nargs="+", default=["full", "none", "hidden", "dots"], choices=["full", "none", "hidden", "dots"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory_bench.json")
     args = ap.parse_args(argv)
     rows = []
+    as_bool = {"full": True, "none": False}  # recorded as true / false, as before the policies
     for steps in args.steps:
-        for remat in (True, False):
-            rows.append(analyse(steps, remat))
+        for remat in args.remat:
+            rows.append(analyse(steps, as_bool.get(remat, remat)))
             print(rows[-1], flush=True)
     atomic_write_json(args.out, {
         "benchmark": "memory_bench",
