@@ -24,7 +24,8 @@ import yaml
 
 from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.meta.checkpoint import atomic_write_bytes
-from mplp_graph.meta.config import ExperimentConfig
+from mplp_graph.errors import MplpGraphError
+from mplp_graph.meta.config import apply_overrides, load_experiment_config
 from mplp_graph.meta.run import build, initial_params, meta_step
 from mplp_graph.meta.sweep import meta_train_sweep, stack
 from mplp_graph.meta.train import make_pool, trainable_mask
@@ -48,14 +49,16 @@ def main(argv=None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     enable_compilation_cache()
-    raw = yaml.safe_load(Path(args.config).read_text())
-    if args.steps is not None:
-        raw.setdefault("meta", {})["steps"] = args.steps
+    overrides = {"meta.steps": args.steps} if args.steps is not None else {}
     for item in args.set:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        raw.setdefault(section, {})[name] = yaml.safe_load(value)
-    config = ExperimentConfig.model_validate(raw)
+        key, eq, value = item.partition("=")
+        if not eq:
+            ap.error(f"--set {item}: expected SECTION.KEY=VALUE, e.g. meta.outer_batch=4")
+        overrides[key] = yaml.safe_load(value)
+    try:  # located errors: file:line:col for the config, --set KEY for the overrides
+        config = apply_overrides(load_experiment_config(args.config), overrides, "--set")
+    except MplpGraphError as e:
+        ap.error(str(e))
     mults = args.lr_mults or [1.0] * len(args.seeds)
     if len(mults) != len(args.seeds):
         ap.error(f"--lr-mults has {len(mults)} values for {len(args.seeds)} seeds")

@@ -163,3 +163,39 @@ def test_bad_experiment_configs_name_file_line_and_key(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"{path}{where}" in err and what in err, err
         assert "Traceback" not in err
+
+
+def test_config_overrides_are_validated_and_named():
+    from mplp_graph.errors import ConfigError
+    from mplp_graph.meta.config import ExperimentConfig, apply_overrides
+
+    config = apply_overrides(ExperimentConfig(), {"meta.steps": 7, "meta.remat": "hidden"}, "--set")
+    assert (config.meta.steps, config.meta.remat) == (7, "hidden")
+    cases = {
+        "meta.stepz": (3, "--set meta.stepz: unknown key 'stepz' in the 'meta' section. Did you mean 'steps'?"),
+        "meta.steps": (0, "--set meta.steps: expected a value greater than or equal to 1, got 0"),
+        "steps": (3, "--set steps: expected SECTION.KEY with SECTION one of graph, task, meta, eval"),
+    }
+    for key, (value, message) in cases.items():
+        with pytest.raises(ConfigError) as e:
+            apply_overrides(ExperimentConfig(), {key: value}, "--set")
+        assert message in str(e.value), str(e.value)
+
+
+def test_sweep_script_reports_bad_config_and_overrides(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "sweep.py"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("meta:\n  stepz: 3\n")
+    runs = {
+        (str(bad),): f"{bad}:2:3 meta.stepz: unknown key 'stepz'",
+        ("experiments/sinusoid/config.yaml", "--set", "meta.remat=half"): "--set meta.remat: expected a boolean (true or false) or one of",
+    }
+    for (config, *extra), message in runs.items():
+        out = subprocess.run([sys.executable, str(script), "--config", config, "--run-dir", str(tmp_path / "run"), *extra],
+                             cwd=script.parents[1], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "run").exists()  # nothing written for a bad config

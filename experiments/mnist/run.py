@@ -28,11 +28,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import yaml
 
 from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.meta.checkpoint import atomic_write_json
-from mplp_graph.meta.config import ExperimentConfig
+from mplp_graph.meta.config import load_experiment_config
 from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist, plot_accuracy, table1
 from mplp_graph.meta.run import build, git_commit, load_mnist_splits, save_params_file
 from mplp_graph.meta.sweep import load_stacked_params, sweep_checkpoints, unstack
@@ -53,7 +52,7 @@ def candidates(sweep_dir: Path, template, every_checkpoint: bool) -> list[tuple[
 def select(sweep_dir: Path, runs: int, key, every_checkpoint: bool = False) -> dict:
     """Validation accuracy@20 of every run of a sweep (and of every kept checkpoint with
     ``every_checkpoint``); returns the record and the best params."""
-    config = ExperimentConfig.model_validate(yaml.safe_load((sweep_dir / "config.yaml").read_text()))
+    config = load_experiment_config(sweep_dir / "config.yaml")
     info = json.loads((sweep_dir / "sweep.json").read_text())
     prepared, meta = load_mnist_splits(config)
     setup = build(config, data=meta)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import yaml
 
 from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.meta.checkpoint import atomic_write_json
-from mplp_graph.meta.config import ExperimentConfig
+from mplp_graph.errors import MplpGraphError
+from mplp_graph.meta.config import apply_overrides, load_experiment_config
 from mplp_graph.meta.evaluate import evaluate_mplp
 from mplp_graph.meta.run import (
     build,
@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def from_sweep(sweep_dir: Path, out: Path, command: str) -> dict:
-    config = ExperimentConfig.model_validate(yaml.safe_load((sweep_dir / "config.yaml").read_text()))
+    config = load_experiment_config(sweep_dir / "config.yaml")
     info = json.loads((sweep_dir / "sweep.json").read_text())
     setup = build(config)
     stacked = load_stacked_params(setup.prog.init_params(jax.random.PRNGKey(0)), sweep_dir / "params.npz")
@@ -112,10 +112,10 @@ def main(argv=None) -> int:
         print(json.dumps(doc["sweep"]["runs"], indent=0))
         print({k: round(v, 5) if isinstance(v, float) else v for k, v in doc["metrics"].items()})
         return 0
-    raw = yaml.safe_load(Path(args.config).read_text())
-    if args.steps is not None:
-        raw.setdefault("meta", {})["steps"] = args.steps
-    config = ExperimentConfig.model_validate(raw)
+    try:  # located errors: file:line:col
+        config = apply_overrides(load_experiment_config(args.config), {"meta.steps": args.steps} if args.steps is not None else {}, "--steps")
+    except MplpGraphError as e:
+        ap.error(str(e))
     train_s = None
     if not args.eval_only:
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@ family, how to meta-train and evaluate. Everything a run needs is here, so a run
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -87,9 +87,31 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
 
     filename = os.fspath(path)
     if not os.path.isfile(filename):
-        raise ConfigError(f"no such file; give the path of an experiment config (e.g. experiments/sinusoid/config.yaml)", Location(file=filename))
+        raise ConfigError("no such file; give the path of an experiment config (e.g. experiments/sinusoid/config.yaml)", Location(file=filename))
     with open(filename, "rb") as f:
         raw = f.read(MAX_BYTES + 1)
     top = "the top level of an experiment config must be a mapping with keys such as " + ", ".join(ExperimentConfig.model_fields) + "; found {found}"
     config, _ = validate_located(_decode(raw, filename), filename, ExperimentConfig, ConfigError, top)
     return config
+
+
+def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any], source: str = "override") -> ExperimentConfig:
+    """``config`` with ``{"SECTION.KEY": value}`` set (e.g. ``{"meta.steps": 100}``), validated
+    again. Raises :class:`mplp_graph.errors.ConfigError` naming ``source`` (e.g. ``--set``) and
+    the key, with what was expected, what was found and how to fix it."""
+    from pydantic import ValidationError
+
+    from mplp_graph.config.issues import _validation_issues
+    from mplp_graph.errors import ConfigError, Location
+
+    raw = config.model_dump(mode="json")
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if not name or not isinstance(raw.get(section), dict):
+            sections = ", ".join(k for k, v in raw.items() if isinstance(v, dict))
+            raise ConfigError(f"expected SECTION.KEY with SECTION one of {sections}, got {key!r}", Location(file=source, path=key))
+        raw[section][name] = value
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_validation_issues(e, raw, lambda path: Location(file=source, path=path), ExperimentConfig)) from None
