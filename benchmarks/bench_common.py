@@ -61,3 +61,17 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def mnist_eval_setup(**graph: Any) -> tuple[Any, Any, Any]:
+    """``(setup, untrained learner params, prepared MNIST splits)`` for the MNIST experiment config
+    (experiments/mnist/config.yaml, one statistics round) with ``graph`` keys overridden, e.g.
+    ``first_layer="rows"``; needs MNIST (docs/data.md)."""
+    from mplp_graph.meta.config import apply_overrides, load_experiment_config
+    from mplp_graph.meta.run import build, initial_params, load_mnist_splits
+
+    config = load_experiment_config(ROOT / "experiments" / "mnist" / "config.yaml")
+    config = apply_overrides(config, {"meta.stats_rounds": 1, **{f"graph.{k}": v for k, v in graph.items()}}, "benchmark")
+    prepared, meta = load_mnist_splits(config)
+    setup = build(config, data=meta)
+    return setup, initial_params(setup), prepared

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import meta_step_bench as msb  # noqa: E402
-from bench_common import result_header, write_json_atomic  # noqa: E402
+from bench_common import mnist_eval_setup, result_header, write_json_atomic  # noqa: E402
 from eval_bench import timed  # noqa: E402
 
 from mplp_graph import compile_graph, xla  # noqa: E402
@@ -59,23 +59,11 @@ def bench_meta_step(cfg: msb.MetaConfig, rows_list: list, rounds: int, iters: in
 
 
 def bench_eval(runs: int, reps: int, chunk: int) -> dict:
-    import yaml
-
-    from mplp_graph.meta.config import ExperimentConfig
     from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
-    from mplp_graph.meta.run import build, initial_params, load_mnist_splits
 
-    raw = yaml.safe_load((HERE.parent / "experiments" / "mnist" / "config.yaml").read_text())
     out = {}
     for rows in (0, chunk):
-        config = ExperimentConfig.model_validate(raw)
-        config = config.model_copy(update={
-            "meta": config.meta.model_copy(update={"stats_rounds": 1}),
-            "graph": config.graph.model_copy(update={"chunk_rows": rows}),
-        })
-        prepared, meta = load_mnist_splits(config)
-        setup = build(config, data=meta)
-        params = initial_params(setup)
+        setup, params, prepared = mnist_eval_setup(chunk_rows=rows)
         def fn(setup=setup, params=params, prepared=prepared):
             return evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, jax.random.PRNGKey(0), runs)
 

@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import meta_step_bench as msb  # noqa: E402
-from bench_common import result_header, write_json_atomic  # noqa: E402
+from bench_common import mnist_eval_setup, result_header, write_json_atomic  # noqa: E402
 
 from mplp_graph import compile_graph, xla  # noqa: E402
 from mplp_graph.meta.objectives import MetaLoss, task_loss  # noqa: E402
@@ -101,26 +101,14 @@ def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_
 
 
 def bench_eval(runs: int, reps: int) -> dict:
-    import yaml
-
     from mplp_graph.meta import eval_mnist
-    from mplp_graph.meta.config import ExperimentConfig
-    from mplp_graph.meta.run import build, initial_params, load_mnist_splits
 
-    raw = yaml.safe_load((HERE.parent / "experiments" / "mnist" / "config.yaml").read_text())
     key = jax.random.PRNGKey(0)
     fns, first, acc = {}, {}, {}
     for first_layer in ("split", "rows"):
         for library in (True, False):
             name = f"first_layer={first_layer}, {'library' if library else 'XLA default'} options"
-            config = ExperimentConfig.model_validate(raw)
-            config = config.model_copy(update={
-                "meta": config.meta.model_copy(update={"stats_rounds": 1}),
-                "graph": config.graph.model_copy(update={"first_layer": first_layer}),
-            })
-            prepared, meta = load_mnist_splits(config)
-            setup = build(config, data=meta)
-            params = initial_params(setup)
+            setup, params, prepared = mnist_eval_setup(first_layer=first_layer)
             d = eval_mnist.protocol_data(prepared, key, runs, 20, 8)
             keys = jax.random.split(jax.random.fold_in(key, 1), runs)
             eval_mnist._mplp_runner.cache_clear()  # a fresh jit, built under this variant's options

@@ -86,7 +86,7 @@ def table(results: Path = RESULTS) -> str:
             lines.append(f"{label:44s} {r['median_s']:11.3f}s {'':>12s} {'':>7s}  first call {r['first_call_s']:.1f} s")
     doc = _load("memory_bench", results)
     for r in (doc or {}).get("results", []):
-        policy = {True: "on", False: "off"}.get(r["remat"], r["remat"]) if isinstance(r["remat"], bool) else r["remat"]
+        policy = ("on" if r["remat"] else "off") if isinstance(r["remat"], bool) else r["remat"]
         name = f"memory mnist {r['inner_steps']} steps, remat {policy}"
         lines.append(f"{name:44s} {r['total_mib']:10.1f}MiB {'':>12s} {'':>7s}")
     doc = _load("compile_bench", results)

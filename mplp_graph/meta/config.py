@@ -43,6 +43,10 @@ class TaskConfig(_Strict):
     validation: int = Field(5000, ge=1)
 
 
+# what the backward pass keeps of each inner step (mplp_graph.meta.objectives.remat_policy)
+RematName = Literal["full", "hidden", "dots", "none"]
+
+
 class MetaConfig(_Strict):
     steps: int = Field(20000, ge=1)
     outer_batch: int = Field(4, ge=1)
@@ -59,7 +63,7 @@ class MetaConfig(_Strict):
     shard_tasks: bool = False  # split the outer batch over all devices (mplp_graph.meta.shard)
     # recompute each inner step in the backward pass (MetaLoss.remat): true (= "full"), false
     # (= "none"), or a partial policy, "hidden" / "dots" (mplp_graph.meta.objectives.REMAT)
-    remat: bool | Literal["full", "hidden", "dots", "none"] = True
+    remat: bool | RematName = True
     fast_compile: bool = False  # compile the meta-step with XLA optimization level 1 (train.FAST_COMPILE)
 
 

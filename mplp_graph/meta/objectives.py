@@ -4,6 +4,7 @@ on the batch just used, and the cross-validation loss on held-out data after k s
 from __future__ import annotations
 
 from dataclasses import dataclass
+import typing
 from typing import Any
 
 import jax
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 
 from mplp_graph.compile.pipeline import Program
 from mplp_graph.learners.nets import HIDDEN_NAME
+from mplp_graph.meta.config import RematName
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 
 
@@ -40,12 +42,12 @@ def predict_loss(prog: Program, params: Any, state: Any, x: Any, y: Any) -> Any:
 # keeps the output of every matmul; ``none`` (= False) keeps everything (no remat). On the 2-core
 # CPU the partial policies are slower than ``full`` (storing and reloading the kept layers costs
 # more memory traffic than the matmuls they save): docs/mplp.md, benchmarks/kernel_bench.py.
-REMAT = ("full", "hidden", "dots", "none")
+REMAT = typing.get_args(RematName)
 
 
 def remat_policy(remat: bool | str) -> tuple[bool, Any]:
     """``(wrap the step in jax.checkpoint?, its policy)`` for a :data:`REMAT` name or a bool."""
-    name = {True: "full", False: "none"}.get(remat, remat) if isinstance(remat, bool) else remat
+    name = ("full" if remat else "none") if isinstance(remat, bool) else remat
     if name == "full":
         return True, None
     if name == "hidden":
