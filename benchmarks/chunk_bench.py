@@ -54,7 +54,7 @@ def bench_meta_step(cfg: msb.MetaConfig, rows_list: list, rounds: int, iters: in
     if no_remat:  # the same without the remat of each inner step (the pieces are still rematerialized)
         variants.update({f"rows={r},no-remat": variant(cfg, r, seed, remat=False) for r in rows_list})
     _, _, params, pool = next(iter(variants.values()))
-    jitted = {name: (xla.jit(step.__call__), params, step.optimizer.init(params)) for name, (_, step, _, _) in variants.items()}
+    jitted = {name: (xla.jit(step.__call__), params, step.init_opt_state(params)) for name, (_, step, _, _) in variants.items()}
     return msb.compare_variants(cfg, jitted, (trainable_mask(params), pool), seed, rounds, iters, "ratio_vs_whole")
 
 

@@ -94,7 +94,7 @@ def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_
     for name, (first_layer, library, vmapped, remat) in variants.items():
         step, params, pool = build_step(cfg, first_layer, vmapped, seed, remat)
         fixed = fixed or (trainable_mask(params), pool)  # the same seed: the same params and pool
-        jitted[name] = (xla.jit(step.__call__) if library else jax.jit(step.__call__), params, step.optimizer.init(params))
+        jitted[name] = (xla.jit(step.__call__) if library else jax.jit(step.__call__), params, step.init_opt_state(params))
     out = msb.compare_variants(cfg, jitted, fixed, seed, rounds, iters, "ratio_vs_default")
     variant_info = {k: {"first_layer": v[0], "xla_options": "library" if v[1] else "xla_default", "single_task_vmapped": v[2], "remat": v[3]} for k, v in variants.items()}
     return {"config": out.pop("config"), "variants": variant_info, **out}

@@ -43,7 +43,7 @@ def analyse(steps: int, remat: bool | str) -> dict:
     step = MetaStep(prog, family.sample, MetaLoss(remat=remat), 1, adam(5e-4))
     params = prog.init_params(jax.random.PRNGKey(0))
     pool = make_pool(prog, jax.random.PRNGKey(1), 4)
-    opt = step.optimizer.init(params)
+    opt = step.init_opt_state(params)
     t0 = time.perf_counter()
     compiled = xla.jit(step.__call__).lower(params, opt, trainable_mask(params), pool, jax.random.PRNGKey(2)).compile()
     compile_s = time.perf_counter() - t0

@@ -72,7 +72,7 @@ def speed(name: str, rounds: int, iters: int, data=None) -> dict:
         step = meta_step(setup)
         fn = xla.jit(step)
         pool = make_pool(setup.prog, jax.random.PRNGKey(1), setup.config.meta.pool)
-        state = (params, step.optimizer.init(params))
+        state = (params, step.init_opt_state(params))
         t0 = time.perf_counter()
         out = fn(*state, trainable_mask(params), pool, jax.random.PRNGKey(0), setup.data)
         jax.block_until_ready(out)
@@ -127,7 +127,7 @@ def sinusoid_training(steps: int, eval_runs: int) -> dict:
         fn = xla.jit(step)
         mask = trainable_mask(params)
         pool = make_pool(setup.prog, jax.random.PRNGKey(1), setup.config.meta.pool)
-        opt = step.optimizer.init(params)
+        opt = step.init_opt_state(params)
         key = jax.random.PRNGKey(2)
         losses = []
         t0 = time.perf_counter()

@@ -122,7 +122,7 @@ def bench_meta(rounds: int) -> dict:
                 with summing(fn):
                     return jfn(*a)
 
-            jitted[variant] = (traced, params, step.optimizer.init(params))
+            jitted[variant] = (traced, params, step.init_opt_state(params))
         res = msb.compare_variants(cfg, jitted, fixed, 0, rounds, iters, "ratio_vs_contraction")
         out[cfg_name] = {k: res[k] for k in ("ms_median", "ratio_vs_contraction", "agreement")}
         print(cfg_name, out[cfg_name]["ms_median"], out[cfg_name]["ratio_vs_contraction"], flush=True)

@@ -37,7 +37,7 @@ from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax, plot_eval_curves
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.train import MetaStep, adam, init_opt_state, make_pool, trainable_mask
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     meta_step = jax.jit(MetaStep(prog, family.sample, MetaLoss(), args.outer_batch, optimizer).__call__)
     pool = make_pool(prog, k_pool, args.pool)  # random priors, W ~ N(0, 0.05), b = 0
     mask = trainable_mask(params)  # the standardizers' statistics stay frozen
-    opt_state = optimizer.init(params)
+    opt_state = init_opt_state(optimizer, params)
     t0 = time.perf_counter()
     history = []
     every = max(1, args.meta_steps // 10)

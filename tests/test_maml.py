@@ -45,7 +45,7 @@ def fwd():
 
 def test_gradients_reach_prior_and_f_and_g_only_in_full_mode(joint):
     _, params, step, jstep = joint
-    opt = step.optimizer.init(params)
+    opt = step.init_opt_state(params)
     for train_g in (False, True):
         mask = trainable_mask(params, train_g=train_g)
         new, _, m = jstep(params, opt, mask, None, KEY)
@@ -71,7 +71,7 @@ def test_gradients_reach_prior_and_f_and_g_only_in_full_mode(joint):
 def test_joint_meta_steps_lower_meta_loss(joint):
     _, params, step, jstep = joint
     mask = trainable_mask(params, train_g=False)
-    p, o = params, step.optimizer.init(params)
+    p, o = params, step.init_opt_state(params)
     losses = []
     for _ in range(16):
         p, o, m = jstep(p, o, mask, None, KEY)  # loss of the params before the update
@@ -125,7 +125,7 @@ def test_maml_meta_steps_lower_meta_loss_and_resume(fwd, tmp_path):
     mask = jax.tree_util.tree_map(jnp.ones_like, prior)
     step = MamlStep(fwd, FAMILY.sample, 2, adam(1e-2))
     jstep = jax.jit(step.__call__)
-    p, o = prior, step.optimizer.init(prior)
+    p, o = prior, step.init_opt_state(prior)
     losses = []
     for _ in range(16):
         p, o, m = jstep(p, o, mask, None, KEY)

@@ -11,7 +11,7 @@ from mplp_graph.learners.standardize import channel_stats
 from mplp_graph.meta.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import MetaStep, adam, make_pool, normalize_per_leaf, trainable_mask
+from mplp_graph.meta.train import MetaStep, adam, make_pool, normalize_per_leaf, outer_update, trainable_mask
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
@@ -150,12 +150,11 @@ def test_meta_steps_lower_meta_loss(tiny_meta):
 
     @jax.jit
     def update(p, o):
-        g = normalize_per_leaf(jax.tree_util.tree_map(jnp.multiply, jax.grad(loss_fn)(p), mask))
-        u, o = step.optimizer.update(g, o, p)
-        return jax.tree_util.tree_map(jnp.add, p, u), o
+        loss, g = jax.value_and_grad(loss_fn)(p)
+        return outer_update(step.optimizer, p, o, mask, loss, g)[:2]
 
     before = float(loss_fn(params))
-    p, o = params, step.optimizer.init(params)
+    p, o = params, step.init_opt_state(params)
     for _ in range(15):
         p, o = update(p, o)
     after = float(loss_fn(p))
@@ -165,7 +164,7 @@ def test_meta_steps_lower_meta_loss(tiny_meta):
 def test_meta_step_runs_and_checkpoint_roundtrip(tiny_meta, tmp_path):
     prog, params, pool, step = tiny_meta
     mask = trainable_mask(params)
-    opt = step.optimizer.init(params)
+    opt = step.init_opt_state(params)
     p2, o2, m = jax.jit(step.__call__)(params, opt, mask, pool, jax.random.PRNGKey(0))
     assert bool(m["finite"]) and np.isfinite(float(m["loss"]))
     # frozen statistics did not move, trained leaves did

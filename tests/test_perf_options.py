@@ -105,7 +105,7 @@ def test_fast_compile_and_no_remat_give_the_same_meta_step():
     for name, objective, options in (("default", MetaLoss(), ()), ("fast", MetaLoss(), FAST_COMPILE), ("no_remat", MetaLoss(remat=False), ())):
         step = MetaStep(prog, family.sample, objective, 2, adam(1e-3), compiler_options=options)
         fn = _jit_step(step)
-        new, _, aux = fn(params, step.optimizer.init(params), trainable_mask(params), pool, jax.random.PRNGKey(2))
+        new, _, aux = fn(params, step.init_opt_state(params), trainable_mask(params), pool, jax.random.PRNGKey(2))
         out[name] = (float(aux["loss"]), new)
     for name in ("fast", "no_remat"):
         np.testing.assert_allclose(out[name][0], out["default"][0], rtol=1e-5)

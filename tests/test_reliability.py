@@ -142,7 +142,7 @@ def test_checkpoint_of_another_graph_is_refused(tiny, tmp_path):
 
 
 def test_incompatible_damaged_or_pickled_checkpoints_are_refused(tiny, tmp_path):
-    templates = {"params": tiny.params, "opt_state": tiny.step.optimizer.init(tiny.params)}
+    templates = {"params": tiny.params, "opt_state": tiny.step.init_opt_state(tiny.params)}
     path = save_checkpoint(tmp_path, 5, templates, {"note": "x"}, graph=tiny.prog.spec, rng_key=KEY)
     manifest = path.with_suffix(".json")
     good = json.loads(manifest.read_text())
@@ -173,7 +173,7 @@ def test_incompatible_damaged_or_pickled_checkpoints_are_refused(tiny, tmp_path)
 
 def test_version_1_checkpoints_still_load(tiny, tmp_path):
     """Version 1: the manifest had no graph, key or checksum, and the caller's meta at the top."""
-    templates = {"params": tiny.params, "opt_state": tiny.step.optimizer.init(tiny.params)}
+    templates = {"params": tiny.params, "opt_state": tiny.step.init_opt_state(tiny.params)}
     path = save_checkpoint(tmp_path, 4, templates, {})
     manifest = {"format_version": 1, "step": 4, "trees": ["opt_state", "params"], "experiment": "old"}
     path.with_suffix(".json").write_text(json.dumps(manifest))

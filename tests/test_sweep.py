@@ -49,7 +49,7 @@ def test_sweep_step_equals_separate_runs(setup):
     _, runs, pools, step = setup
     mask = trainable_mask(runs[0])
     keys = [jax.random.PRNGKey(30), jax.random.PRNGKey(31)]
-    opts = [step.optimizer.init(p) for p in runs]
+    opts = [step.init_opt_state(p) for p in runs]
     run = sweep_step(step)
     new, _, m = run(stack(runs), stack(opts), jnp.array([1.0, 2.0]), mask, stack(pools), stack(keys), jnp.int32(3), None)
     for i, mult in enumerate((1.0, 2.0)):

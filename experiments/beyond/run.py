@@ -39,7 +39,7 @@ from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax, plot_eval_cu
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.run import git_commit
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.train import MetaStep, adam, init_opt_state, make_pool, trainable_mask
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.grid import grid
@@ -72,7 +72,7 @@ def meta_train(prog: mg.Program, steps: int, seed: int, lr: float, outer_batch: 
     step = jax.jit(MetaStep(prog, FAMILY.sample, MetaLoss(), outer_batch, optimizer).__call__)
     priors = make_pool(prog, k_pool, pool)
     mask = trainable_mask(params)
-    opt_state = optimizer.init(params)
+    opt_state = init_opt_state(optimizer, params)
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     compile_s = None

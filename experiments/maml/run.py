@@ -151,8 +151,7 @@ def load_trained(method: str, s: Settings, run_dir: Path):
     ckpt = latest_checkpoint(run_dir / method)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir / method}: no checkpoint; train {method!r} first")
-    opt_state = step_fn(method, s, prog, fwd, family).optimizer.init(params)
-    trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state})
+    trees, manifest = load_checkpoint(ckpt, {"params": params})  # the optimizer state is not needed here
     history = [json.loads(line) for line in (run_dir / method / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return jax.tree_util.tree_map(jnp.asarray, trees["params"]), int(manifest["step"]), history
 

@@ -33,7 +33,7 @@ from mplp_graph.compile.pipeline import Program
 from mplp_graph.meta.evaluate import _protocol, point_losses
 from mplp_graph.meta.objectives import MetaLoss, task_loss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import normalize_per_leaf
+from mplp_graph.meta.train import RaveledOptState, outer_update
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 
@@ -44,21 +44,6 @@ MAML_INNER_LR = 0.05  # the notebook's inner SGD rate (notes 5.4)
 def random_prior(prog: Program, key: Any) -> dict[str, dict[str, Any]]:
     """A random prior for ``prog``'s net (W ~ N(0, 0.05), b = 0; paper footnote 4)."""
     return agent_params(prog.spec, prog.init(key, 1))
-
-
-def outer_update(
-    optimizer: optax.GradientTransformation, params: Any, opt_state: Any, mask: Any, loss: Any, grads: Any
-) -> tuple[Any, Any, Any]:
-    """Mask, normalize per leaf, Adam; a non-finite loss or gradient leaves everything as it was.
-
-    Returns ``(params, opt_state, finite)``. A masked leaf gets a zero gradient, hence a zero
-    Adam update: it stays bitwise at its value."""
-    grads = normalize_per_leaf(jax.tree_util.tree_map(jnp.multiply, grads, mask))
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-    updates, new_opt = optimizer.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda n, o: jnp.where(finite, n, o)
-    return jax.tree_util.tree_map(keep, new_params, params), jax.tree_util.tree_map(keep, new_opt, opt_state), finite
 
 
 def sample_tasks(sample_task: Callable, key: Any, n: int, data: Any = None) -> dict[str, Any]:
@@ -73,7 +58,7 @@ def sample_tasks(sample_task: Callable, key: Any, n: int, data: Any = None) -> d
 
 
 @dataclass(frozen=True)
-class JointStep:
+class JointStep(RaveledOptState):
     """One meta-step of the learner and the prior together; ``outer_batch`` tasks, vmapped."""
 
     prog: Program
@@ -145,7 +130,7 @@ def maml_adapt(fwd: Program, prior: Any, xt: Any, yt: Any, lr: float = MAML_INNE
 
 
 @dataclass(frozen=True)
-class MamlStep:
+class MamlStep(RaveledOptState):
     """One MAML meta-step on the prior: CV loss after the inner SGD steps, mean over tasks."""
 
     fwd: Program

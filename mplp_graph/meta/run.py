@@ -83,13 +83,18 @@ def initial_params(setup: Setup) -> Any:
     key = jax.random.PRNGKey(m.seed)
     params = setup.prog.init_params(key)
 
-    def sample_round(k):
+    def draw(k, data):
         kp, kt = jax.random.split(k)
-        task = setup.sample(kt)
+        task = setup.family.sample(kt) if data is None else setup.family.sample(kt, data)
         return agent_params(setup.prog.spec, setup.prog.init(kp, 1)), task["xt"], task["yt"]
 
+    # one compiled program per draw (op by op, each small op compiled its own: ~2 s); the data
+    # are an argument, not constants baked into it
+    draw = jax.jit(draw)
     if m.stats_rounds:
-        params = init_statistics(setup.prog, params, sample_round, jax.random.fold_in(key, 1), m.stats_rounds, m.stats_mix)
+        params = init_statistics(
+            setup.prog, params, lambda k: draw(k, setup.data), jax.random.fold_in(key, 1), m.stats_rounds, m.stats_mix
+        )
     return params
 
 
@@ -139,8 +144,8 @@ def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint; run training first")
-    opt_state = optimizer(config).init(params)
-    trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state}, graph=setup.prog.spec)
+    # the parameters alone: the optimizer state stored beside them is not needed to evaluate
+    trees, manifest = load_checkpoint(ckpt, {"params": params}, graph=setup.prog.spec)
     return setup, trees["params"], int(manifest["step"])
 
 

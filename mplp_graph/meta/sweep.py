@@ -33,7 +33,7 @@ from mplp_graph.meta.checkpoint import (
     save_checkpoint,
 )
 from mplp_graph.meta.run import load_params_like, save_params_file
-from mplp_graph.meta.train import MetaStep
+from mplp_graph.meta.train import MetaStep, restore_train_state, step_opt_state
 
 
 def stack(trees: Sequence[Any]) -> Any:
@@ -85,12 +85,14 @@ def meta_train_sweep(
     keep them all to select a checkpoint on validation data afterwards, i.e. early stopping)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    opt_state = jax.vmap(step_fn.optimizer.init)(params)
+    opt_state = jax.vmap(lambda p: step_opt_state(step_fn, p))(params)
     mults = jnp.asarray(mults, jnp.float32)
     start = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state}, graph=step_fn.prog.spec, rng_key=keys)
+        trees, manifest = restore_train_state(
+            ckpt, step_fn.optimizer, params, opt_state, runs=True, graph=step_fn.prog.spec, rng_key=keys
+        )
         params, opt_state, start = trees["params"], trees["opt_state"], int(manifest["step"])
     metrics_path = run_dir / "metrics.jsonl"
     history: list[dict[str, Any]] = []

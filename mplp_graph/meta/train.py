@@ -16,10 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
 from mplp_graph.meta.checkpoint import (
+    CheckpointError,
     atomic_write_bytes,
     latest_checkpoint,
     load_checkpoint,
@@ -41,7 +43,7 @@ def trainable_mask(params: Any, train_g: bool = True) -> Any:
     def leaf(path, x):
         names = [getattr(p, "key", None) for p in path]
         frozen = any(n in FROZEN_STATS for n in names) or (not train_g and "g" in names)
-        return jnp.zeros_like(x) if frozen else jnp.ones_like(x)
+        return jnp.asarray(np.full(np.shape(x), 0.0 if frozen else 1.0, np.float32))  # no XLA program per leaf
 
     return jax.tree_util.tree_map_with_path(leaf, params)
 
@@ -51,13 +53,86 @@ def normalize_per_leaf(grads: Any) -> Any:
     return jax.tree_util.tree_map(lambda g: g / (jnp.linalg.norm(g.ravel()) + 1e-8), grads)
 
 
+# ---------------------------------------------------------------------------------------------
+# the outer update, on the parameters raveled into one vector
+#
+# The learners have ~180 small parameter leaves. Masking, normalizing, Adam and the finiteness
+# guard leaf by leaf made ~1,500 tiny XLA kernels per meta-step: XLA compiled them one by one
+# (a sinusoid meta-step's outer update alone took 45 s to compile on the 2-core CPU, 2.6 s
+# raveled) and ran them one by one (3.4 ms vs 1.7 ms). docs/mplp.md, "Compile times".
+
+
+def _leaf_segments(tree: Any) -> tuple[np.ndarray, int]:
+    """For the raveled ``tree``: the index of the leaf each element comes from, and the leaf count."""
+    sizes = [int(np.size(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return np.repeat(np.arange(len(sizes), dtype=np.int32), sizes), len(sizes)
+
+
+def _ravel(tree: Any) -> tuple[Any, Callable[[Any], Any]]:
+    leaves = jax.tree_util.tree_leaves(tree)
+    bad = sorted({str(jnp.result_type(x)) for x in leaves} - {"float32"})
+    if bad:
+        raise TypeError(f"the meta-step trains float32 parameters; found leaves of type {', '.join(bad)}")
+    return ravel_pytree(tree)
+
+
+def init_opt_state(optimizer: optax.GradientTransformation, params: Any) -> Any:
+    """The optimizer state of :func:`outer_update`: ``optimizer`` over ``params`` raveled into
+    one float32 vector (so Adam's moments are two vectors, not one array per parameter leaf)."""
+    return optimizer.init(_ravel(params)[0])
+
+
+def _check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, flat: Any) -> None:
+    want = jax.eval_shape(optimizer.init, flat)
+    ok = jax.tree_util.tree_structure(want) == jax.tree_util.tree_structure(opt_state) and all(
+        jnp.shape(a) == b.shape for a, b in zip(jax.tree_util.tree_leaves(opt_state), jax.tree_util.tree_leaves(want))
+    )
+    if not ok:
+        raise TypeError(
+            "opt_state does not match the meta-step's optimizer state: the outer update keeps it over the parameters "
+            f"raveled into one vector of {flat.size} values. Make it with init_opt_state(optimizer, params) (or "
+            "step.init_opt_state(params)), not optimizer.init(params)"
+        )
+
+
+def outer_update(
+    optimizer: optax.GradientTransformation, params: Any, opt_state: Any, mask: Any, loss: Any, grads: Any
+) -> tuple[Any, Any, Any]:
+    """Mask, normalize per leaf (:func:`normalize_per_leaf`), ``optimizer``; a non-finite loss or
+    gradient leaves everything as it was (reference-notes 5.2). Computed on the raveled
+    parameters; ``opt_state`` comes from :func:`init_opt_state`.
+
+    Returns ``(params, opt_state, finite)``. A masked leaf gets a zero gradient, hence a zero
+    Adam update: it stays bitwise at its value."""
+    flat, unravel = _ravel(params)
+    _check_opt_state(optimizer, opt_state, flat)
+    seg, n_leaves = _leaf_segments(params)
+    g = _ravel(grads)[0] * _ravel(mask)[0]
+    sq = jax.ops.segment_sum(g * g, seg, num_segments=n_leaves, indices_are_sorted=True)
+    g = g / (jnp.sqrt(sq) + 1e-8)[seg]
+    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(g))
+    updates, new_opt = optimizer.update(g, opt_state, flat)
+    new_flat = jnp.where(finite, optax.apply_updates(flat, updates), flat)
+    new_opt = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_opt, opt_state)
+    return unravel(new_flat), new_opt, finite
+
+
 def make_pool(prog: Program, key: Any, size: int) -> Any:
     """``size`` random priors (W ~ N(0, 0.05), b = 0), stacked: a pytree with leading axis P."""
-    return jax.vmap(lambda k: agent_params(prog.spec, prog.init(k, 1)))(jax.random.split(key, size))
+    # one compiled program (op by op under vmap, each small op compiled its own: 1-3 s)
+    return jax.jit(jax.vmap(lambda k: agent_params(prog.spec, prog.init(k, 1))))(jax.random.split(key, size))
+
+
+class RaveledOptState:
+    """For step functions whose outer update is :func:`outer_update` (``self.optimizer``):
+    ``init_opt_state(params)`` makes the optimizer state they expect."""
+
+    def init_opt_state(self, params: Any) -> Any:
+        return init_opt_state(self.optimizer, params)
 
 
 @dataclass(frozen=True)
-class MetaStep:
+class MetaStep(RaveledOptState):
     prog: Program
     sample_task: Callable[[Any], dict[str, Any]]
     objective: MetaLoss
@@ -96,16 +171,8 @@ class MetaStep:
 
             priors, tasks = shard_tasks(self.mesh, (priors, tasks))
         (loss, parts), grads = jax.value_and_grad(self.batch_loss, has_aux=True)(params, priors, tasks)
-        grads = normalize_per_leaf(jax.tree_util.tree_map(jnp.multiply, grads, mask))
-        finite = jnp.isfinite(loss) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)])
-        )
-        updates, new_opt = self.optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        # a non-finite step is not applied (the caller stops and keeps the last good checkpoint)
-        new_params = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_params, params)
-        new_opt = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_opt, opt_state)
-        return new_params, new_opt, {"loss": loss, **parts, "finite": finite}
+        params, opt_state, finite = outer_update(self.optimizer, params, opt_state, mask, loss, grads)
+        return params, opt_state, {"loss": loss, **parts, "finite": finite}
 
 
 def adam(lr: float, schedule: str = "constant", steps: int = 1, lr_final: float = 1e-5) -> optax.GradientTransformation:
@@ -155,11 +222,11 @@ def meta_train(
     for tmp in run_dir.glob(".metrics.jsonl.*"):  # left by a run killed while writing it
         tmp.unlink(missing_ok=True)
     graph = _graph_of(step_fn)
-    opt_state = step_fn.optimizer.init(params)
+    opt_state = step_opt_state(step_fn, params)
     start = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": opt_state}, graph=graph, rng_key=key)
+        trees, manifest = restore_train_state(ckpt, step_fn.optimizer, params, opt_state, graph=graph, rng_key=key)
         params, opt_state, start = trees["params"], trees["opt_state"], int(manifest["step"])
     metrics_path = run_dir / "metrics.jsonl"
     history = _metrics_up_to(metrics_path, start)
@@ -208,6 +275,48 @@ def meta_train(
     if bar is not None:
         bar.close()
     return params, history
+
+
+def step_opt_state(step_fn: Any, params: Any) -> Any:
+    """The initial optimizer state for ``step_fn``: its ``init_opt_state(params)`` (the library's
+    steps: raveled, :func:`init_opt_state`), else ``step_fn.optimizer.init(params)``."""
+    init = getattr(step_fn, "init_opt_state", None)
+    return init(params) if init is not None else step_fn.optimizer.init(params)
+
+
+def restore_train_state(
+    ckpt: Path, optimizer: optax.GradientTransformation, params: Any, opt_state: Any, *, runs: bool = False, **identity: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``load_checkpoint(ckpt, {"params": params, "opt_state": opt_state}, **identity)``, also
+    reading checkpoints written before the outer update was raveled (:func:`outer_update`), whose
+    optimizer state holds one array per parameter leaf: those arrays are raveled in
+    :func:`ravel_pytree`'s order. ``runs``: the trees carry a leading run axis (sweeps)."""
+    templates = {"params": params, "opt_state": opt_state}
+    try:
+        return load_checkpoint(ckpt, templates, **identity)
+    except CheckpointError as err:
+        first = err
+    legacy = (jax.vmap(optimizer.init) if runs else optimizer.init)(params)
+    try:
+        trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": legacy}, **identity)
+    except CheckpointError:
+        raise first from None
+    treedef = jax.tree_util.tree_structure(params)
+    is_params = lambda x: jax.tree_util.tree_structure(x) == treedef  # noqa: E731
+
+    def ravel(sub):
+        if not is_params(sub):
+            return sub
+        leaves = jax.tree_util.tree_leaves(sub)
+        return np.concatenate([np.reshape(x, (*np.shape(x)[: int(runs)], -1)) for x in leaves], axis=-1)
+
+    state = jax.tree_util.tree_map(ravel, trees["opt_state"], is_leaf=is_params)
+    same = jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(opt_state) and all(
+        np.shape(a) == np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(opt_state))
+    )
+    if not same:
+        raise first
+    return {**trees, "opt_state": state}, manifest
 
 
 # xla_backend_optimization_level=1 (default 2): on this 2-core CPU the sinusoid meta-step compiles
