@@ -53,3 +53,25 @@ def test_init_is_deterministic_and_follows_field_specs():
     assert a["W0"]["x"].shape == (2, 3, 1)  # constant along j: stored once per i
     assert a["W0"]["w"].shape == (3, 5) and float(np.abs(a["b0"]["b"]).max()) == 0.0
     assert 0.02 < float(np.std(prog.init(jax.random.PRNGKey(1), 1)["W0"]["w"])) < 0.09  # N(0, 0.05)
+
+
+@pytest.mark.parametrize("sizes", [(1, 20, 20, 1), (16, 8, 10)])
+def test_pool_drawn_in_one_program_is_the_op_by_op_pool(sizes):
+    """make_pool runs as one compiled program; its normal draws (an erf_inv polynomial that XLA
+    compiles differently inside a larger program) are within a few float32 ulps of the ops run
+    one by one, and every leaf keeps its key, shape and dtype."""
+    from mplp_graph.meta.train import make_pool
+
+    prog = mg.compile_graph(mplp_feedforward(sizes, loss="l2" if sizes[-1] == 1 else "ce"))
+    key = jax.random.PRNGKey(7)
+    compiled = make_pool(prog, key, 4)
+    with jax.disable_jit():
+        op_by_op = make_pool(prog, key, 4)
+    a = jax.tree_util.tree_leaves_with_path(compiled)
+    b = jax.tree_util.tree_leaves_with_path(op_by_op)
+    assert [p for p, _ in a] == [p for p, _ in b] and len(a) > 3
+    for (path, x), (_, y) in zip(a, b):
+        x, y = np.asarray(x), np.asarray(y)
+        assert x.shape == y.shape and x.dtype == y.dtype and x.shape[0] == 4, jax.tree_util.keystr(path)
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=0, err_msg=jax.tree_util.keystr(path))
+    assert float(np.std(np.asarray(compiled["W0"]["w"]))) > 0

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program, compile_graph
@@ -67,7 +68,9 @@ def init_statistics(
     params = {k: dict(v) for k, v in params.items()}  # new containers: the caller's stay untouched
     for j in range(rounds):
         prior, xt, yt = sample_round(jax.random.fold_in(key, j))
-        side = run(params, prior, xt, yt)
+        # the mixing is a few float32 operations per statistic: done in numpy (same IEEE
+        # arithmetic), not as one small XLA program compiled per shape
+        side = jax.device_get(run(params, prior, xt, yt))
         by_key: dict[str, list[dict[str, Any]]] = {}
         for arrow, stats in side.items():
             by_key.setdefault(keys[arrow], []).append(stats)
@@ -77,6 +80,6 @@ def init_statistics(
                 vals = [s[side_name] for s in items if side_name in s]
                 if vals and name in norm:
                     avg = sum(vals) / len(vals)  # arrows sharing one standardizer pool their statistics
-                    norm[name] = (1.0 - mix) * norm[name] + mix * avg
+                    norm[name] = jnp.asarray((1.0 - mix) * np.asarray(norm[name]) + mix * avg)
             params[nkey] = {**params[nkey], "norm": norm}
     return params
