@@ -28,6 +28,7 @@ SUITE = {
     "compile_bench": (["--reps", "2"], ["--reps", "1"]),
     "kernel_bench": (["--no-remat", "--eval"], ["--rounds", "2", "--iters", "1"]),
     "kernel_bench_remat": (["--set", "remat", "--rounds", "3"], ["--set", "remat", "--rounds", "2", "--iters", "1"]),
+    "startup_bench": (["--reps", "2"], ["--reps", "1", "--config", "experiments/sinusoid/config.yaml"]),
 }
 SCRIPT = {"kernel_bench_remat": "kernel_bench"}  # suite entries that run another entry's script
 OUT_NAME = {"kernel_bench": "kernel_bench_mnist", "kernel_bench_remat": "kernel_bench_mnist_remat"}  # their JSON file names
@@ -92,6 +93,14 @@ def table(results: Path = RESULTS) -> str:
     doc = _load("compile_bench", results)
     for name, r in (doc or {}).get("summary", {}).items():
         lines.append(f"{'compile sinusoid meta-step, ' + name:44s} {r['compile_s']:11.1f}s {'':>12s} {r['compile_ratio_vs_default']:7.3f}  step ratio {r['step_ratio_vs_default']:.2f}")
+    doc = _load("startup_bench", results)
+    for config, entry in (doc or {}).get("results", {}).items():
+        ratio = entry.get("ratio_current_vs_baseline", {}).get("before_first_step_s")
+        for name, m in entry["median_s"].items():
+            label = f"before first step, {Path(config).parent.name} ({name} {doc['checkouts'][name]})"
+            r = f"{ratio:7.3f}" if ratio is not None and name == "current" else f"{'':>7s}"
+            lines.append(f"{label:44s} {m['before_first_step_s']:11.2f}s {'':>12s} {r}  meta-step XLA compile {m['compile']:.1f} s, "
+                         f"init + statistics {m['initial_params']:.1f} s")
     return "\n".join(lines)
 
 
