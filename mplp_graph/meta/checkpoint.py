@@ -3,8 +3,10 @@
 A checkpoint of step ``s`` is two files in the run directory::
 
     ckpt_{s:08d}.npz    one array per leaf of each tree ("params['W0.learn']['net']['w1']",
-                        "opt_state[0].mu['W0.learn']..."); the learner parameters include the
-                        standardizer statistics (``norm``), the optimizer state Adam's moments
+                        "opt_state[0].mu"); the learner parameters include the standardizer
+                        statistics (``norm``), the optimizer state Adam's moments over the
+                        raveled parameters (checkpoints written before that hold one moment
+                        array per parameter leaf; ``train.restore_train_state`` reads both)
     ckpt_{s:08d}.json   the manifest (format version 2):
         format_version  2
         step            meta-steps done
