@@ -5,6 +5,12 @@ process (no in-memory or persistent cache), alternating, with the compiled step'
 
 Options compared: XLA's defaults; ``xla_llvm_disable_expensive_passes`` (skips LLVM's costly
 optimization passes); ``xla_backend_optimization_level=1``; both.
+
+``--interleaved CONFIG`` (repeatable; an experiment config such as
+``experiments/mnist/config.yaml``): also compile that config's meta-step under every option set
+in one process and time the executables interleaved (``--rounds`` rounds of ``--iters`` steps),
+the step-time comparison the fresh-process runs (7 calls each) are too noisy for.
+``--reps 0`` skips the fresh-process part.
 """
 
 from __future__ import annotations
@@ -53,11 +59,51 @@ print(json.dumps({"lower_s": t1 - t0, "compile_s": t2 - t1, "step_ms": 1e3 * sta
 """
 
 
+INTERLEAVED = r"""
+import json, statistics, sys, time
+import jax
+from mplp_graph import xla
+from mplp_graph.meta import run as R
+from mplp_graph.meta.config import load_experiment_config
+from mplp_graph.meta.train import make_pool, trainable_mask
+options, rounds, iters = json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+cfg = load_experiment_config(sys.argv[1])
+setup = R.build(cfg)
+params = R.initial_params(setup)
+step = R.meta_step(setup)
+pool, mask, opt = make_pool(setup.prog, jax.random.PRNGKey(1), cfg.meta.pool), trainable_mask(params), step.init_opt_state(params)
+lowered = jax.jit(step.__call__).lower(params, opt, mask, pool, jax.random.PRNGKey(0), setup.data)
+fns, out = {}, {"compile_s": {}, "step_ms": {}}
+for name, o in options.items():
+    t = time.perf_counter()
+    fns[name] = lowered.compile(compiler_options=xla.compiler_options(o))
+    out["compile_s"][name] = round(time.perf_counter() - t, 2)
+runs = {name: [] for name in fns}
+for r in range(rounds):
+    for name in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+        f, p, o = fns[name], params, opt
+        jax.block_until_ready(f(p, o, mask, pool, jax.random.PRNGKey(99), setup.data))
+        t = time.perf_counter()
+        for i in range(iters):
+            p, o, _ = f(p, o, mask, pool, jax.random.PRNGKey(i), setup.data)
+        jax.block_until_ready(p)
+        runs[name].append(round(1e3 * (time.perf_counter() - t) / iters, 2))
+base = statistics.median(runs["default"])
+out["step_ms"] = {k: statistics.median(v) for k, v in runs.items()}
+out["step_ratio_vs_default"] = {k: round(statistics.median(v) / base, 3) for k, v in runs.items()}
+out["runs_ms"] = runs
+print(json.dumps(out))
+"""
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compile_bench.json")
     ap.add_argument("--note", default="")
+    ap.add_argument("--interleaved", action="append", default=[], metavar="CONFIG", help="experiment config: step times interleaved in one process")
+    ap.add_argument("--rounds", type=int, default=5, help="--interleaved: timing rounds (default 5)")
+    ap.add_argument("--iters", type=int, default=3, help="--interleaved: meta-steps per round (default 3)")
     args = ap.parse_args(argv)
     env = {**os.environ, "MPLP_GRAPH_CACHE": "off", "JAX_ENABLE_COMPILATION_CACHE": "false"}
     rows: dict[str, list] = {k: [] for k in OPTIONS}
@@ -66,16 +112,24 @@ def main(argv=None) -> int:
             out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(opts)], capture_output=True, text=True, env=env, check=True, cwd=ROOT)
             rows[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rep, name, rows[name][-1], flush=True)
-    summary = {name: {k: round(statistics.median(r[k] for r in rs), 2) for k in ("lower_s", "compile_s", "step_ms")} for name, rs in rows.items()}
-    base = summary["default"]
-    for name, s in summary.items():
-        s["compile_ratio_vs_default"] = round(s["compile_s"] / base["compile_s"], 3)
-        s["step_ratio_vs_default"] = round(s["step_ms"] / base["step_ms"], 3)
+    summary = {}
+    if args.reps > 0:
+        summary = {name: {k: round(statistics.median(r[k] for r in rs), 2) for k in ("lower_s", "compile_s", "step_ms")} for name, rs in rows.items()}
+        base = summary["default"]
+        for name, s in summary.items():
+            s["compile_ratio_vs_default"] = round(s["compile_s"] / base["compile_s"], 3)
+            s["step_ratio_vs_default"] = round(s["step_ms"] / base["step_ms"], 3)
+    interleaved = {}
+    for config in args.interleaved:
+        cmd = [sys.executable, "-c", INTERLEAVED, config, json.dumps(OPTIONS), str(args.rounds), str(args.iters)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, cwd=ROOT)
+        interleaved[config] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(config, interleaved[config]["step_ratio_vs_default"], interleaved[config]["compile_s"], flush=True)
     doc = {
         "benchmark": "compile_bench", "date": datetime.date.today().isoformat(),
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
         "note": args.note, "config": "sinusoid meta-step: (1,20,20,1), stateful msg 8 hidden 15, 5 steps x batch 10, outer batch 4",
-        "summary": summary, "runs": rows,
+        "summary": summary, "runs": rows, "step_interleaved": interleaved,
     }
     from mplp_graph.meta.checkpoint import atomic_write_json
 

@@ -90,9 +90,14 @@ def table(results: Path = RESULTS) -> str:
         policy = ("on" if r["remat"] else "off") if isinstance(r["remat"], bool) else r["remat"]
         name = f"memory mnist {r['inner_steps']} steps, remat {policy}"
         lines.append(f"{name:44s} {r['total_mib']:10.1f}MiB {'':>12s} {'':>7s}")
-    doc = _load("compile_bench", results)
-    for name, r in (doc or {}).get("summary", {}).items():
-        lines.append(f"{'compile sinusoid meta-step, ' + name:44s} {r['compile_s']:11.1f}s {'':>12s} {r['compile_ratio_vs_default']:7.3f}  step ratio {r['step_ratio_vs_default']:.2f}")
+    for path in sorted(results.glob("compile_bench*.json")):
+        doc = _load(path.stem, results)
+        for name, r in doc.get("summary", {}).items():
+            lines.append(f"{'compile sinusoid meta-step, ' + name:44s} {r['compile_s']:11.1f}s {'':>12s} {r['compile_ratio_vs_default']:7.3f}  step ratio {r['step_ratio_vs_default']:.2f}")
+        for config, r in doc.get("step_interleaved", {}).items():
+            for name, ms in r["step_ms"].items():
+                label = f"{Path(config).parent.name} meta-step, XLA options {name}"
+                lines.append(f"{label:44s} {ms:10.1f}ms {'':>12s} {r['step_ratio_vs_default'][name]:7.3f}  interleaved in one process; compile {r['compile_s'][name]:.1f} s")
     doc = _load("startup_bench", results)
     for config, entry in (doc or {}).get("results", {}).items():
         ratio = entry.get("ratio_current_vs_baseline", {}).get("before_first_step_s")
