@@ -97,7 +97,7 @@ def table(results: Path = RESULTS) -> str:
         for config, r in doc.get("step_interleaved", {}).items():
             for name, ms in r["step_ms"].items():
                 label = f"{Path(config).parent.name} meta-step, XLA options {name}"
-                lines.append(f"{label:44s} {ms:10.1f}ms {'':>12s} {r['step_ratio_vs_default'][name]:7.3f}  interleaved in one process; compile {r['compile_s'][name]:.1f} s")
+                lines.append(f"{label:44s} {ms:10.1f}ms {'':>12s} {r['step_ratio_vs_default'][name]:7.3f}  interleaved in one process (compiled one after another: {r['compile_s'][name]:.1f} s)")
     doc = _load("startup_bench", results)
     for config, entry in (doc or {}).get("results", {}).items():
         ratio = entry.get("ratio_current_vs_baseline", {}).get("before_first_step_s")
