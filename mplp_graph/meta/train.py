@@ -82,12 +82,15 @@ def init_opt_state(optimizer: optax.GradientTransformation, params: Any) -> Any:
     return optimizer.init(_ravel(params)[0])
 
 
-def _check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, flat: Any) -> None:
-    want = jax.eval_shape(optimizer.init, flat)
-    ok = jax.tree_util.tree_structure(want) == jax.tree_util.tree_structure(opt_state) and all(
-        jnp.shape(a) == b.shape for a, b in zip(jax.tree_util.tree_leaves(opt_state), jax.tree_util.tree_leaves(want))
+def _same_layout(a: Any, b: Any) -> bool:
+    """Whether two pytrees have the same structure and leaf shapes (arrays or shape structs)."""
+    return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
+        np.shape(x) == np.shape(y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
     )
-    if not ok:
+
+
+def _check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, flat: Any) -> None:
+    if not _same_layout(opt_state, jax.eval_shape(optimizer.init, flat)):
         raise TypeError(
             "opt_state does not match the meta-step's optimizer state: the outer update keeps it over the parameters "
             f"raveled into one vector of {flat.size} values. Make it with init_opt_state(optimizer, params) (or "
@@ -311,10 +314,7 @@ def restore_train_state(
         return np.concatenate([np.reshape(x, (*np.shape(x)[: int(runs)], -1)) for x in leaves], axis=-1)
 
     state = jax.tree_util.tree_map(ravel, trees["opt_state"], is_leaf=is_params)
-    same = jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(opt_state) and all(
-        np.shape(a) == np.shape(b) for a, b in zip(jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(opt_state))
-    )
-    if not same:
+    if not _same_layout(state, opt_state):
         raise first
     return {**trees, "opt_state": state}, manifest
 
