@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -61,6 +62,43 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def device_peak_mib() -> float | None:
+    """Peak memory in use on the first JAX device so far (MiB), where the backend reports it (GPU);
+    None on the CPU, whose backend keeps no such count (the benchmarks report peak RSS there)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else round(peak / 2**20, 1)
+
+
+LOCK_ENV = "MPLP_BENCH_LOCK"
+
+
+@contextlib.contextmanager
+def exclusive_device():
+    """Hold the file lock named by ``$MPLP_BENCH_LOCK`` (if set) around a timed section.
+
+    Several benchmark processes can then compile side by side (compilation runs on the host's
+    cores) while their timed sections run one at a time, each with the accelerator to itself
+    (experiments/device/gpu_bench.sh). Yields the seconds spent waiting for the lock. Without the
+    variable it holds nothing."""
+    path = os.environ.get(LOCK_ENV)
+    if not path:
+        yield 0.0
+        return
+    import fcntl
+    import time
+
+    with open(path, "a") as f:
+        t0 = time.perf_counter()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield time.perf_counter() - t0
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def mnist_eval_setup(**graph: Any) -> tuple[Any, Any, Any]:

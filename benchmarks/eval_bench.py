@@ -23,6 +23,9 @@ import numpy as np
 import yaml
 
 from mplp_graph.meta.checkpoint import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import device_peak_mib, exclusive_device  # noqa: E402
 from mplp_graph.meta.config import ExperimentConfig
 from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
 from mplp_graph.meta.evaluate import evaluate_mplp
@@ -37,11 +40,12 @@ def timed(fn, reps):
     jax.block_until_ready(out)
     first = time.perf_counter() - t0
     times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times), out
+    with exclusive_device() as wait_s:  # one process at a time on a shared accelerator ($MPLP_BENCH_LOCK)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times.append(time.perf_counter() - t0)
+    return first, statistics.median(times), out, wait_s
 
 
 def main(argv=None) -> int:
@@ -65,8 +69,9 @@ def main(argv=None) -> int:
             setup = build(config)
             params = initial_params(setup)
             fn = lambda setup=setup, params=params, key=key: evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, args.runs)["eval"]
-        first, median, out = timed(fn, args.reps)
-        rows[name] = {"runs": args.runs, "first_call_s": round(first, 3), "median_s": round(median, 4), "finite": bool(np.all(np.isfinite(np.asarray(out))))}
+        first, median, out, wait_s = timed(fn, args.reps)
+        rows[name] = {"runs": args.runs, "first_call_s": round(first, 3), "median_s": round(median, 4), "finite": bool(np.all(np.isfinite(np.asarray(out)))),
+                      "device_peak_mib": device_peak_mib(), "lock_wait_s": round(wait_s, 1)}
         print(name, rows[name], flush=True)
     doc = {
         "benchmark": "eval_bench",

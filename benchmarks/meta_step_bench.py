@@ -88,7 +88,7 @@ from mplp_graph.ops.builtin import CE_CLIP
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
-from bench_common import _git, machine_line, write_json_atomic  # noqa: E402  (benchmarks/ is on sys.path)
+from bench_common import _git, device_peak_mib, exclusive_device, machine_line, write_json_atomic  # noqa: E402  (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "meta_step_bench.json"
@@ -654,7 +654,8 @@ def compare_variants(cfg: MetaConfig, variants: dict[str, tuple[Callable, Any, A
     keys = [jax.random.fold_in(key, i) for i in range(4)]
     fns = {k: v[0] for k, v in variants.items()}
     states = {k: (v[1], v[2]) for k, v in variants.items()}
-    times = interleaved(fns, states, fixed, keys, rounds, iters)
+    with exclusive_device():  # one process at a time on a shared accelerator ($MPLP_BENCH_LOCK)
+        times = interleaved(fns, states, fixed, keys, rounds, iters)
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {
         "config": {"name": cfg.name, "sizes": list(cfg.sizes), "inner_steps": cfg.inner_steps, "batch": cfg.batch, "outer_batch": cfg.outer_batch},
@@ -760,7 +761,8 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
             f"{agree['step_param_max_diff']:.2e}",
             flush=True,
         )
-    times = interleaved(jitted, states, fixed, keys, args.rounds, iters)
+    with exclusive_device() as lock_wait_s:  # one process at a time on a shared accelerator ($MPLP_BENCH_LOCK)
+        times = interleaved(jitted, states, fixed, keys, args.rounds, iters)
     med = {k: float(np.median(v)) for k, v in times.items()}
     direct = "direct" in med
     row = {
@@ -770,6 +772,8 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
         "ratio": round(med["engine"] / med["direct"], 3) if direct else None,
         "compile_s": round(first["engine"]["first_call_s"], 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),  # whole process so far
+        "device_peak_mib": device_peak_mib(),  # accelerator memory, whole process so far (None on the CPU)
+        "lock_wait_s": round(lock_wait_s, 1),
         "direct_compile_s": round(first["direct"]["first_call_s"], 3) if direct else None,
         "unit": (f"ms per meta-step (outer batch {cfg.outer_batch}, {cfg.inner_steps} inner steps of batch {cfg.batch}, "
                  f"CV on {cfg.cv_points} points, grad + Adam)"),

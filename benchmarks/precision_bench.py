@@ -32,6 +32,7 @@ import yaml
 from bench_common import (  # benchmarks/ is on sys.path
     ROOT,
     _git,
+    exclusive_device,
     machine_line,
     write_json_atomic,
 )
@@ -78,16 +79,17 @@ def speed(name: str, rounds: int, iters: int, data=None) -> dict:
         jax.block_until_ready(out)
         runs[matmul] = {"fn": fn, "state": (out[0], out[1]), "fixed": (trainable_mask(params), pool, setup.data),
                         "first_s": time.perf_counter() - t0, "ms": []}
-    for r in range(rounds):
-        for matmul in PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]:
-            run = runs[matmul]
-            mask, pool, data_ = run["fixed"]
-            t0 = time.perf_counter()
-            for i in range(iters):
-                out = run["fn"](*run["state"], mask, pool, jax.random.PRNGKey(100 + i), data_)
-                run["state"] = (out[0], out[1])
-            jax.block_until_ready(out)
-            run["ms"].append((time.perf_counter() - t0) / iters * 1e3)
+    with exclusive_device():  # one process at a time on a shared accelerator ($MPLP_BENCH_LOCK)
+        for r in range(rounds):
+            for matmul in PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]:
+                run = runs[matmul]
+                mask, pool, data_ = run["fixed"]
+                t0 = time.perf_counter()
+                for i in range(iters):
+                    out = run["fn"](*run["state"], mask, pool, jax.random.PRNGKey(100 + i), data_)
+                    run["state"] = (out[0], out[1])
+                jax.block_until_ready(out)
+                run["ms"].append((time.perf_counter() - t0) / iters * 1e3)
     row = {m: {"ms": round(statistics.median(runs[m]["ms"]), 2), "ms_rounds": [round(x, 2) for x in runs[m]["ms"]],
                "first_call_s": round(runs[m]["first_s"], 2)} for m in PRECISIONS}
     row["bf16_over_f32"] = round(row["bfloat16"]["ms"] / row["float32"]["ms"], 3)
@@ -171,9 +173,11 @@ def main(argv=None) -> int:
     _, meta = load_mnist_splits(config("mnist", "float32"))
     doc["speed"] = {"sinusoid": speed("sinusoid", args.rounds, args.iters), "mnist": speed("mnist", args.rounds, args.mnist_iters, meta)}
     print("speed", {k: v["bf16_over_f32"] for k, v in doc["speed"].items()}, flush=True)
+    write_json_atomic(args.out, doc)  # each part as it is done: a run cut off keeps what finished
     doc["inference"] = {"sinusoid": sinusoid_inference(args.eval_runs), "mnist": mnist_inference(args.eval_runs, meta)}
     print("inference", doc["inference"]["sinusoid"]["float32"]["eval_l2_step5"], doc["inference"]["sinusoid"]["bfloat16"]["eval_l2_step5"],
           doc["inference"]["mnist"]["float32"]["val_acc20"], doc["inference"]["mnist"]["bfloat16"]["val_acc20"], flush=True)
+    write_json_atomic(args.out, doc)
     doc["training"] = {"sinusoid": sinusoid_training(args.train_steps, args.eval_runs)}
     tr = doc["training"]["sinusoid"]
     print("training", {m: (round(tr[m]["meta_loss_last10pct"], 5), round(tr[m]["eval_l2_step5"], 5)) for m in PRECISIONS}, flush=True)

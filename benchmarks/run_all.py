@@ -3,6 +3,8 @@
     python benchmarks/run_all.py            # all benchmarks (long: tens of minutes on 2 cores)
     python benchmarks/run_all.py --quick    # smoke settings (fewer rounds and runs), into runs/bench_quick/
     python benchmarks/run_all.py --table    # only print the table from benchmarks/results/*.json
+    python benchmarks/run_all.py --table --out-dir benchmarks/results/gpu   # the GPU figures
+                                            # (experiments/device/gpu_bench.sh on a lent H200)
 
 Each benchmark writes its own JSON into ``benchmarks/results/`` (format: shared/docs/results.md)
 with the command that made it; timings are ratios measured side by side in one run.
@@ -23,6 +25,7 @@ SUITE = {
     # name: (full arguments, quick arguments)
     "step_bench": ([], ["--quick"]),
     "meta_step_bench": ([], ["--quick", "--compile-reps", "1"]),
+    "maml_bench": ([], ["--quick"]),
     "eval_bench": (["--runs", "100", "--reps", "3"], ["--runs", "20", "--reps", "1"]),
     "memory_bench": ([], ["--steps", "20"]),
     "compile_bench": (["--reps", "2"], ["--reps", "1"]),
@@ -53,7 +56,7 @@ def table(results: Path = RESULTS) -> str:
     """One line per measurement, from the JSON files in ``results``."""
     lines = [f"{'benchmark':44s} {'engine':>12s} {'direct':>12s} {'ratio':>7s}  notes"]
     scaling = sorted(p.stem for p in results.glob("meta_step_scaling*.json"))
-    for bench in ("step_bench", "meta_step_bench", *scaling):
+    for bench in ("step_bench", "meta_step_bench", "maml_bench", *scaling):
         doc = _load(bench, results)
         for r in (doc or {}).get("rows", []):
             if bench == "step_bench" and not r["name"].endswith("vs_manual"):
@@ -81,7 +84,7 @@ def table(results: Path = RESULTS) -> str:
             lines.append(f"{'eval mnist, ' + name:44s} {t:11.2f}s {'':>12s} {doc['eval_mnist']['ratio_vs_default'][name]:7.3f}  vs the default kernels")
     for bench in ("eval_bench", "eval_bench_gpu"):
         doc = _load(bench, results)
-        where = "GPU" if bench.endswith("gpu") else "CPU"
+        where = "GPU" if bench.endswith("gpu") or "NVIDIA" in (doc or {}).get("machine", "") else "CPU"
         for name, r in (doc or {}).get("results", {}).items():
             label = f"eval {name} ({r['runs']} runs, {where})"
             lines.append(f"{label:44s} {r['median_s']:11.3f}s {'':>12s} {'':>7s}  first call {r['first_call_s']:.1f} s")
