@@ -20,10 +20,13 @@ remat (its ~3 GB of residuals are fresh memory on every call: run it once more u
 times the partial remat policies instead (``meta.remat: hidden`` keeps the learners' 40-wide
 hidden layers, ``dots`` every matmul output) against full remat. ``--eval`` adds the 100-run MNIST evaluation (untrained
 learner; needs MNIST, docs/data.md) for ``first_layer`` x XLA options, also interleaved.
+``--set device`` times the choices that may differ on an accelerator against the default: the
+scan over the inner steps unrolled (``meta.unroll: true``), the remat off, both, and
+``first_layer=rows`` (experiments/device/gpu_bench.sh runs it on a GPU).
 
-    python benchmarks/kernel_bench.py [--config mnist] [--set kernels|remat|all] [--rounds 5] [--iters 2] [--no-remat] [--eval] [--eval-reps 2] [--out FILE]
+    python benchmarks/kernel_bench.py [--config mnist] [--set kernels|remat|device|all] [--rounds 5] [--iters 2] [--no-remat] [--eval] [--eval-reps 2] [--out FILE]
 
-Results: ``benchmarks/results/kernel_bench_CONFIG.json`` (``_CONFIG_remat.json`` for ``--set remat``).
+Results: ``benchmarks/results/kernel_bench_CONFIG.json`` (``_CONFIG_SET.json`` for ``--set remat|device|all``).
 """
 
 from __future__ import annotations
@@ -72,31 +75,45 @@ VARIANTS = {
 NO_REMAT = {"no inner-step remat": ("split", True, False, False)}
 # the partial remat policies (mplp_graph.meta.objectives.REMAT), against full remat (the default)
 REMAT_POLICIES = {"remat=hidden": ("split", True, False, "hidden"), "remat=dots": ("split", True, False, "dots")}
+# the choices that may differ on an accelerator (``--set device``): the scan over inner steps
+# unrolled (a GPU runs each loop iteration as its own kernel launches after a host round trip),
+# the remat off (memory is plentiful there), the first-layer form; a 5th entry is meta.unroll
+DEVICE = {
+    "default (split, library options)": ("split", True, False, True),
+    "no inner-step remat": ("split", True, False, False),
+    "unroll=true": ("split", True, False, True, True),
+    "unroll=true, no remat": ("split", True, False, False, True),
+    "first_layer=rows": ("rows", True, False, True),
+}
 
 
-def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, remat: bool = True):
+def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, remat: bool = True, unroll: int | bool = 1):
     spec = mplp_feedforward(cfg.sizes, cfg.activation, cfg.loss, msg=cfg.msg, hidden=cfg.hidden, sharing=cfg.sharing, first_layer=first_layer)
     prog = compile_graph(spec)
     cls = VmappedStep if vmapped else MetaStep
-    step = cls(prog, msb.task_family(cfg).sample, MetaLoss(cfg.hint_weight, cfg.cv_weight, remat=remat), cfg.outer_batch, adam(cfg.lr))
+    step = cls(prog, msb.task_family(cfg).sample, MetaLoss(cfg.hint_weight, cfg.cv_weight, remat=remat, unroll=unroll), cfg.outer_batch, adam(cfg.lr))
     key = jax.random.PRNGKey(seed)
     return step, prog.init_params(key), make_pool(prog, jax.random.fold_in(key, 3), cfg.pool)
 
 
 def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_remat: bool = False, sets: str = "kernels") -> dict:
     """``sets``: ``kernels`` (the kernel choices), ``remat`` (the default and the remat
-    policies) or ``all``; ``no_remat`` adds the default without remat."""
-    chosen = {**(VARIANTS if sets in ("kernels", "all") else dict(list(VARIANTS.items())[:1]))}
-    chosen.update(REMAT_POLICIES if sets in ("remat", "all") else {})
+    policies), ``device`` (:data:`DEVICE`) or ``all``; ``no_remat`` adds the default without remat."""
+    if sets == "device":
+        chosen = dict(DEVICE)
+    else:
+        chosen = {**(VARIANTS if sets in ("kernels", "all") else dict(list(VARIANTS.items())[:1]))}
+        chosen.update(REMAT_POLICIES if sets in ("remat", "all") else {})
     chosen.update(NO_REMAT if no_remat else {})
     variants = {k: v for k, v in chosen.items() if not (v[2] and cfg.outer_batch > 1)}
     jitted, fixed = {}, None
-    for name, (first_layer, library, vmapped, remat) in variants.items():
-        step, params, pool = build_step(cfg, first_layer, vmapped, seed, remat)
+    for name, (first_layer, library, vmapped, remat, *unroll) in variants.items():
+        step, params, pool = build_step(cfg, first_layer, vmapped, seed, remat, *unroll)
         fixed = fixed or (trainable_mask(params), pool)  # the same seed: the same params and pool
         jitted[name] = (xla.jit(step.__call__) if library else jax.jit(step.__call__), params, step.init_opt_state(params))
     out = msb.compare_variants(cfg, jitted, fixed, seed, rounds, iters, "ratio_vs_default")
-    variant_info = {k: {"first_layer": v[0], "xla_options": "library" if v[1] else "xla_default", "single_task_vmapped": v[2], "remat": v[3]} for k, v in variants.items()}
+    variant_info = {k: {"first_layer": v[0], "xla_options": "library" if v[1] else "xla_default", "single_task_vmapped": v[2], "remat": v[3],
+                        "unroll": v[4] if len(v) > 4 else 1} for k, v in variants.items()}
     return {"config": out.pop("config"), "variants": variant_info, **out}
 
 
@@ -151,8 +168,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-remat", action="store_true", help="also the default without the inner-step remat (meta.remat: false)")
-    ap.add_argument("--set", default="kernels", choices=["kernels", "remat", "all"],
-                    help="meta-step variants: the kernel choices (default), the remat policies (meta.remat: hidden, dots) against full remat, or all")
+    ap.add_argument("--set", default="kernels", choices=["kernels", "remat", "device", "all"],
+                    help="meta-step variants: the kernel choices (default), the remat policies (meta.remat: hidden, dots) against full remat, "
+                    "the accelerator choices (scan unroll, remat off, first layer), or all (kernels and remat)")
     ap.add_argument("--eval", action="store_true", help="also the 100-run MNIST evaluation (needs MNIST)")
     ap.add_argument("--eval-runs", type=int, default=100)
     ap.add_argument("--eval-reps", type=int, default=2, help="timed evaluation calls per variant (after the first)")

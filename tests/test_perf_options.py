@@ -249,3 +249,39 @@ def test_remat_config_key_and_its_located_error(tmp_path):
         load_experiment_config(bad)
     msg = str(e.value)
     assert f"{bad}:4:3 meta.remat: expected a boolean (true or false) or one of 'full', 'hidden', 'dots' or 'none', got 'half'" in msg, msg
+
+
+def test_unrolled_inner_loop_gives_the_same_meta_gradient():
+    from mplp_graph.meta.objectives import task_loss
+
+    prog = mg.compile_graph(mplp_feedforward((1, 8, 1), msg=3, hidden=2))
+    family = SinusoidFamily(inner_steps=4, batch=5, cv_points=8)
+    params = prog.init_params(jax.random.PRNGKey(0))
+    prior = jax.tree_util.tree_map(lambda x: x[0], make_pool(prog, jax.random.PRNGKey(1), 1))
+    task = family.sample(jax.random.PRNGKey(2))
+    out = {}
+    for unroll in (1, 2, True):
+        loss, grads = jax.value_and_grad(lambda p, u=unroll: task_loss(prog, MetaLoss(unroll=u), p, prior, task)[0])(params)
+        text = jax.jit(lambda p, u=unroll: task_loss(prog, MetaLoss(unroll=u), p, prior, task)[0]).lower(params).as_text()
+        out[repr(unroll)] = (float(loss), grads, text.count("stablehlo.while("))  # (True == 1 as a dict key)
+    assert out["1"][2] >= 1 and out["True"][2] == 0  # a loop over the steps, or none
+    for unroll in ("2", "True"):
+        assert out[unroll][0] == pytest.approx(out["1"][0], rel=1e-6)
+        for a, b in zip(jax.tree_util.tree_leaves(out[unroll][1]), jax.tree_util.tree_leaves(out["1"][1]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * (float(jnp.max(jnp.abs(b))) + 1e-12))
+
+
+def test_unroll_config_key_and_its_located_error(tmp_path):
+    from mplp_graph.errors import ConfigError
+    from mplp_graph.meta.config import load_experiment_config
+    from mplp_graph.meta.run import build, meta_step
+
+    good = tmp_path / "good.yaml"
+    good.write_text("graph: {sizes: [1, 4, 1], msg: 3, hidden: 2}\nmeta:\n  unroll: true\n")
+    assert meta_step(build(load_experiment_config(good))).objective.unroll is True
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("graph: {sizes: [1, 4, 1]}\nmeta:\n  unroll: 0\n")
+    with pytest.raises(ConfigError) as e:
+        load_experiment_config(bad)
+    msg = str(e.value)
+    assert f"{bad}:3:3 meta.unroll:" in msg and "got 0" in msg, msg

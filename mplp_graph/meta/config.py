@@ -5,9 +5,9 @@ family, how to meta-train and evaluate. Everything a run needs is here, so a run
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 
 class _Strict(BaseModel):
@@ -64,6 +64,8 @@ class MetaConfig(_Strict):
     # recompute each inner step in the backward pass (MetaLoss.remat): true (= "full"), false
     # (= "none"), or a partial policy, "hidden" / "dots" (mplp_graph.meta.objectives.REMAT)
     remat: bool | RematName = True
+    # inner steps per iteration of the scan loop (MetaLoss.unroll): 1 = a loop, true = no loop
+    unroll: Annotated[bool, Strict()] | Annotated[int, Field(ge=1)] = 1
     fast_compile: bool = False  # compile the meta-step with XLA optimization level 1 (train.FAST_COMPILE)
 
 

@@ -23,6 +23,9 @@ class MetaLoss:
     hint_weight: float = 0.7
     cv_weight: float = 0.3
     remat: bool | str = True  # jax.checkpoint around each inner step: see REMAT
+    # inner steps per iteration of the scan's loop (``jax.lax.scan(unroll=...)``; True: all of
+    # them, no loop). A loop iteration costs a host round trip on a GPU; on the CPU, compile time
+    unroll: int | bool = 1
 
 
 def predict_loss(prog: Program, params: Any, state: Any, x: Any, y: Any) -> Any:
@@ -59,9 +62,9 @@ def remat_policy(remat: bool | str) -> tuple[bool, Any]:
     raise ValueError(f"remat must be true, false or one of {REMAT}, got {remat!r}")
 
 
-def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any, remat: bool | str = True) -> tuple[Any, Any]:
+def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any, remat: bool | str = True, unroll: int | bool = 1) -> tuple[Any, Any]:
     """Run ``k`` inner steps from ``prior``; returns the final carry (persistent fields) and the
-    hint losses ``(k,)``."""
+    hint losses ``(k,)``. ``unroll``: steps per loop iteration (``jax.lax.scan``)."""
     carry = prog.carry_of(with_agent_params(zeros_state(prog.spec, xt.shape[1]), prior))
 
     def body(carry, xy):
@@ -72,11 +75,11 @@ def inner_loop(prog: Program, params: Any, prior: Any, xt: Any, yt: Any, remat: 
     # remat: recompute each inner step's activations in the backward pass instead of storing
     # them (on a 2-core CPU: ~30% faster meta-steps, a third of the memory; benchmarks/)
     wrap, policy = remat_policy(remat)
-    return jax.lax.scan(jax.checkpoint(body, policy=policy) if wrap else body, carry, (xt, yt))
+    return jax.lax.scan(jax.checkpoint(body, policy=policy) if wrap else body, carry, (xt, yt), unroll=unroll)
 
 
 def task_loss(prog: Program, objective: MetaLoss, params: Any, prior: Any, task: dict[str, Any]) -> tuple[Any, dict]:
-    state, hints = inner_loop(prog, params, prior, task["xt"], task["yt"], objective.remat)
+    state, hints = inner_loop(prog, params, prior, task["xt"], task["yt"], objective.remat, objective.unroll)
     cv = predict_loss(prog, params, state, task["xe"], task["ye"])
     total = objective.hint_weight * jnp.mean(hints) + objective.cv_weight * cv
     return total, {"hint": jnp.mean(hints), "cv": cv}
