@@ -58,6 +58,8 @@ queue() {  # queue NAME SCRIPT ARGS...: start the job once fewer than $JOBS run 
   while [ "$(jobs -r | wc -l)" -ge "$JOBS" ]; do sleep 5; pack; done
   job "$@" &
 }
+# the engine's MNIST meta-step alone first (issue 9's 12 ms target; two compiles), then the comparison
+queue msb_mnist_engine $B/meta_step_bench.py --config mnist --engine-only $MS --note "$NOTE" --out "$R/meta_step_bench_mnist_engine.json"
 queue msb_mnist $B/meta_step_bench.py --config mnist $MS --note "$NOTE" --out "$R/meta_step_bench_mnist.json"
 queue msb_sinusoid $B/meta_step_bench.py --config sinusoid $MS --note "$NOTE" --out "$R/meta_step_bench_sinusoid.json"
 queue eval $B/eval_bench.py $EV --note "$NOTE" --out "$R/eval_bench.json"
