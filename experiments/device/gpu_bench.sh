@@ -14,6 +14,7 @@
 # autotuning included) took 206-249 s, and 9 of 14 processes hit the limit. Hence the queue.
 #
 #   BUDGET=480 bash experiments/device/gpu_bench.sh    # needs .whl (pydantic wheels) and .devdata/mnist.npz
+#   (carry .whl, .devdata and, from an earlier call's $OUT/jax_cache.tgz copied there, .gpucache)
 #   QUICK=1 BUDGET=900 OUT=/tmp/out bash experiments/device/gpu_bench.sh   # smoke settings (a CPU dry run)
 set -u
 : "${OUT:?OUT must be set}"
@@ -33,6 +34,16 @@ R=${RESULTS:-/tmp/gpu_bench}; rm -rf "$R"; mkdir -p "$R"
   $PY -c "import jax, optax, pydantic; print('jax', jax.__version__, jax.devices(), 'optax', optax.__version__, 'pydantic', pydantic.VERSION)"; } > "$R/env.txt" 2>&1
 cat "$R/env.txt"
 NOTE="one GPU; up to ${JOBS:-4} benchmark processes side by side on the host (compiles overlap), timed sections one at a time (experiments/device/gpu_bench.sh)"
+# JAX's persistent compilation cache (CACHE=0: off, every compile cold): a program compiled by one
+# process is loaded by the next, and the cache goes back in $OUT/jax_cache.tgz; carried in again
+# as .gpucache (see below), a later call loads what an earlier one compiled (the same GPU kind,
+# driver and jax), so a call cut off by the time limit is not paid twice
+if [ "${CACHE:-1}" != 0 ]; then
+  CDIR=/tmp/jax_cache; mkdir -p $CDIR
+  [ -f .gpucache/jax_cache.tgz ] && tar xzf .gpucache/jax_cache.tgz -C $CDIR && echo "cache: $(ls $CDIR | wc -l) entries carried in"
+  export JAX_COMPILATION_CACHE_DIR=$CDIR JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
+  NOTE="$NOTE; persistent compilation cache on: first calls and compile times may be cache loads"
+fi
 LIMIT=$((BUDGET - 25))
 
 job() {  # job NAME SCRIPT ARGS...: one benchmark process with the time that is left
@@ -78,5 +89,9 @@ queue memory $B/memory_bench.py $MEM --out "$R/memory_bench.json"
 while [ -n "$(jobs -r)" ]; do sleep 5; pack; done
 nvidia-smi --query-gpu=memory.used --format=csv >> "$R/env.txt" 2>/dev/null
 pack
+if [ -n "${CDIR:-}" ]; then  # the cache back, if it fits what a call returns (16 MiB a file)
+  tar czf /tmp/jax_cache.tgz -C $CDIR . && [ "$(stat -c %s /tmp/jax_cache.tgz)" -lt 16000000 ] && cp /tmp/jax_cache.tgz "$OUT/" \
+    && echo "cache: $(ls $CDIR | wc -l) entries in \$OUT/jax_cache.tgz (next call: copy it to .gpucache/ and carry .gpucache)"
+fi
 cat "$R/rc.txt"
 for f in "$R"/*.log; do echo "== $f"; tail -4 "$f"; done
