@@ -34,6 +34,12 @@ R=${RESULTS:-/tmp/gpu_bench}; rm -rf "$R"; mkdir -p "$R"
   $PY -c "import jax, optax, pydantic; print('jax', jax.__version__, jax.devices(), 'optax', optax.__version__, 'pydantic', pydantic.VERSION)"; } > "$R/env.txt" 2>&1
 cat "$R/env.txt"
 NOTE="one GPU; up to ${JOBS:-4} benchmark processes side by side on the host (compiles overlap), timed sections one at a time (experiments/device/gpu_bench.sh)"
+# AUTOTUNE=0: XLA's GPU autotuning off (cuBLAS's default algorithms; a shorter first compile,
+# maybe slower kernels); the benchmarks record XLA_FLAGS in their JSON
+if [ -n "${AUTOTUNE:-}" ]; then
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=$AUTOTUNE"
+  NOTE="$NOTE; XLA_FLAGS=$XLA_FLAGS"
+fi
 # JAX's persistent compilation cache (CACHE=0: off, every compile cold): a program compiled by one
 # process is loaded by the next, and the cache goes back in $OUT/jax_cache.tgz; carried in again
 # as .gpucache (see below), a later call loads what an earlier one compiled (the same GPU kind,
