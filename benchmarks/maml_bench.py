@@ -377,18 +377,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         if not np.isfinite(first_loss[k]):
             sys.exit(f"maml_bench: {k}: non-finite meta-loss on the first meta-step")
     # .lower() / .compile() on fresh wrappers, the order alternating per repetition
-    comp: dict[str, dict[str, Any]] = {}
-    names = list(c)
-    for rep in range(args.compile_reps):
-        for k in names[::-1] if rep % 2 == 0 else names:
-            con = c[k]
-            st = msb.compile_stats(con.fn, (con.params, con.opt, con.mask, con.pool, keys[0]), args.hlo if rep == 0 else None, f"maml_{k}")
-            if k not in comp:
-                comp[k] = {**st, "lower_s_all": [], "compile_s_all": []}
-            comp[k]["lower_s_all"].append(round(st["lower_s"], 3))
-            comp[k]["compile_s_all"].append(round(st["compile_s"], 3))
-            comp[k]["lower_s"] = min(comp[k]["lower_s"], st["lower_s"])
-            comp[k]["compile_s"] = min(comp[k]["compile_s"], st["compile_s"])
+    calls = {k: (con.fn, (con.params, con.opt, con.mask, con.pool, keys[0])) for k, con in c.items()}
+    comp = msb.repeated_compile_stats(calls, args.compile_reps, args.hlo, "maml_")
     agree = None
     if "maml" in c and "maml_direct" in c:
         agree = check_agreement(s, c, family, jax.random.fold_in(train_key, 12345), jitted)

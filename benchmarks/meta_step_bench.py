@@ -609,6 +609,25 @@ def compile_stats(fn: Callable, args: tuple, hlo_dir: Path | None, stem: str) ->
     }
 
 
+def repeated_compile_stats(calls: dict[str, tuple[Callable, tuple]], reps: int, hlo_dir: Path | None, prefix: str) -> dict[str, dict[str, Any]]:
+    """:func:`compile_stats` of each ``name -> (fn, args)`` ``reps`` times on fresh wrappers, the
+    order alternating per repetition (a machine's load drifts); ``lower_s`` / ``compile_s`` are the
+    minimum, ``*_all`` every measurement. HLO text is written on the first repetition only."""
+    comp: dict[str, dict[str, Any]] = {}
+    names = list(calls)
+    for rep in range(reps):
+        for k in names[::-1] if rep % 2 == 0 else names:
+            fn, args = calls[k]
+            c = compile_stats(fn, args, hlo_dir if rep == 0 else None, f"{prefix}{k}")
+            if k not in comp:
+                comp[k] = {**c, "lower_s_all": [], "compile_s_all": []}
+            comp[k]["lower_s_all"].append(round(c["lower_s"], 3))
+            comp[k]["compile_s_all"].append(round(c["compile_s"], 3))
+            comp[k]["lower_s"] = min(comp[k]["lower_s"], c["lower_s"])
+            comp[k]["compile_s"] = min(comp[k]["compile_s"], c["compile_s"])
+    return comp
+
+
 def time_loop(fn: Callable, state: tuple, fixed: tuple, keys: list, n: int) -> float:
     """Mean ms per meta-step over ``n`` steps, feeding params and optimizer state back in."""
     params, opt = state
@@ -740,19 +759,8 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         jax.block_until_ready(jitted[k](*states[k], *fixed, keys[0]))
         first[k] = {"first_call_s": time.perf_counter() - t0, "first_call_peak_rss_mb": peak_rss_mb()}
-    # .lower() / .compile() on fresh wrappers, the contenders' order alternating per repetition
-    # (a machine's load drifts; the first call above always ran the engine first)
-    comp: dict[str, dict[str, Any]] = {}
-    names = list(fns)
-    for rep in range(args.compile_reps):
-        for k in names[::-1] if rep % 2 == 0 else names:
-            c = compile_stats(fns[k], (*states[k], *fixed, keys[0]), args.hlo if rep == 0 else None, f"{cfg.name}_{k}")
-            if k not in comp:
-                comp[k] = {**c, "lower_s_all": [], "compile_s_all": []}
-            comp[k]["lower_s_all"].append(round(c["lower_s"], 3))
-            comp[k]["compile_s_all"].append(round(c["compile_s"], 3))
-            comp[k]["lower_s"] = min(comp[k]["lower_s"], c["lower_s"])
-            comp[k]["compile_s"] = min(comp[k]["compile_s"], c["compile_s"])
+    # .lower() / .compile() on fresh wrappers (the first call above always ran the engine first)
+    comp = repeated_compile_stats({k: (fns[k], (*states[k], *fixed, keys[0])) for k in fns}, args.compile_reps, args.hlo, f"{cfg.name}_")
     agree = None if args.engine_only else check_agreement(b, jax.random.fold_in(key, 12345), jitted, args.grad_tol)
     if agree is not None:
         print(
