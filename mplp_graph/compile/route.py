@@ -85,18 +85,12 @@ def route_map(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
 
 
 def sum_axes(value: Any, axes: list[int], weight: float = 1.0) -> Any:
-    """``weight * sum`` over ``axes``, as a contraction with vectors of ones. Chosen when a dot
-    measured several times faster than the equivalent reduce on XLA's CPU backend
-    (benchmarks/step_bench.py, an earlier engine). Remeasured with the current engine
-    (``python benchmarks/sum_axes_bench.py --meta``, side by side), a plain ``jnp.sum`` takes
-    0.998-1.010x the time of the contraction in 20-step scans of 4 vmapped backprop steps
-    (sinusoid and MNIST nets, library and default XLA options) and 0.965x / 1.077x in the
-    sinusoid / MNIST MPLP meta-steps: equal within noise, so the contraction stays."""
-    letters = [chr(ord("a") + k) for k in range(value.ndim)]
-    ones = [jnp.full((value.shape[ax],), weight if k == 0 else 1.0, value.dtype) for k, ax in enumerate(axes)]
-    out = "".join(x for k, x in enumerate(letters) if k not in axes)
-    spec = "".join(letters) + "".join("," + letters[ax] for ax in axes) + "->" + out
-    return jnp.einsum(spec, value, *ones)
+    """``weight * sum`` over ``axes``. A plain reduction, which XLA fuses with the elementwise
+    work around it; an earlier engine wrote it as a contraction with vectors of ones (a dot: a
+    kernel of its own). Side by side (``python benchmarks/sum_axes_bench.py --meta``,
+    ``benchmarks/results/sum_axes_bench.json``) the contraction took 1.02-1.07x the time of
+    this form in 20-step backprop scans and 1.01-1.05x in the sinusoid and MNIST meta-steps."""
+    return weight * jnp.sum(value, axis=tuple(axes))
 
 
 def route_bilinear(plan: ArrowPlan, a: Any, b: Any, aggregate: str) -> Partial:
