@@ -46,6 +46,7 @@ def result_header(name: str, argv: list[str] | None, note: str = "") -> dict[str
         "machine": machine_line(),
         "jax": jax.__version__,
         "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),  # uncommitted changes to tracked files
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "note": note,
     }
