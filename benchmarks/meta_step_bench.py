@@ -41,7 +41,9 @@ Two configs:
 grows with the number of synapses, ~700 GFLOP per meta-step at (784, 100)); ``--config NAME``
 picks single ones. ``--engine-only`` times the engine alone, for sizes where the hand-written
 version does not fit in memory (its peak RSS grows with the number of synapses: 13.6 GB at
-(144, 200), 17.9 GB at (784, 50); the engine's 2.4 and 3.7 GB).
+(144, 200), 17.9 GB at (784, 50); the engine's 2.4 and 3.7 GB). ``--direct-remat`` runs the
+hand-written version's inner steps under ``jax.checkpoint``, as the engine does by default
+(``meta.remat``): the same recomputation on both sides, and memory that fits at the largest sizes.
 
 Per config and contender: median ms per meta-step over interleaved rounds (the order rotates
 every round), the first call's wall time (trace + lower + compile + run; the row's
@@ -307,7 +309,8 @@ def direct_predict_loss(cfg: MetaConfig, Ws: list, bs: list, x: Any, y: Any) -> 
     return jnp.mean(_loss_elems(cfg, pred, y)[0])
 
 
-def direct_task_loss(cfg: MetaConfig, params: Any, prior: Any, task: dict[str, Any]) -> tuple[Any, dict]:
+def direct_task_loss(cfg: MetaConfig, params: Any, prior: Any, task: dict[str, Any], remat: bool = False) -> tuple[Any, dict]:
+    """``remat``: each inner step under ``jax.checkpoint``, as the engine's default (``meta.remat``)."""
     L = len(cfg.sizes) - 1
     Ws = [prior[f"W{l}"]["w"] for l in range(L)]
     bs = [prior[f"b{l}"]["b"] for l in range(L)]
@@ -318,6 +321,7 @@ def direct_task_loss(cfg: MetaConfig, params: Any, prior: Any, task: dict[str, A
         Ws, bs, cs = direct_inner_step(cfg, params, Ws, bs, cs, x, y)
         return (Ws, bs, cs), direct_predict_loss(cfg, Ws, bs, x, y)  # hint: same batch, theta_{i+1}
 
+    body = jax.checkpoint(body) if remat else body
     init = (Ws, bs, direct_zero_carries(cfg, task["xt"].shape[1]))
     (Ws, bs, _), hints = jax.lax.scan(body, init, (task["xt"], task["yt"]))
     cv = direct_predict_loss(cfg, Ws, bs, task["xe"], task["ye"])
@@ -332,9 +336,10 @@ class DirectMetaStep:
 
     cfg: MetaConfig
     sample_task: Callable[[Any], dict[str, Any]]
+    remat: bool = False  # inner steps under jax.checkpoint (the engine's default does this)
 
     def batch_loss(self, params: Any, priors: Any, tasks: dict[str, Any]) -> tuple[Any, dict]:
-        losses, parts = jax.vmap(lambda pr, t: direct_task_loss(self.cfg, params, pr, t))(priors, tasks)
+        losses, parts = jax.vmap(lambda pr, t: direct_task_loss(self.cfg, params, pr, t, self.remat))(priors, tasks)
         return jnp.mean(losses), {k: jnp.mean(v) for k, v in parts.items()}
 
     def init_opt(self, params: Any) -> Any:
@@ -383,7 +388,7 @@ class Bench:
     opt: dict[str, Any]  # initial optimizer state per contender
 
 
-def build(cfg: MetaConfig, seed: int) -> Bench:
+def build(cfg: MetaConfig, seed: int, direct_remat: bool = False) -> Bench:
     spec = mplp_feedforward(cfg.sizes, cfg.activation, cfg.loss, msg=cfg.msg, hidden=cfg.hidden, sharing=cfg.sharing)
     prog = compile_graph(spec)
     family = task_family(cfg)
@@ -409,7 +414,7 @@ def build(cfg: MetaConfig, seed: int) -> Bench:
     _check_stats_nontrivial(params)
     opt_tx = adam(cfg.lr)
     engine = MetaStep(prog, family.sample, MetaLoss(cfg.hint_weight, cfg.cv_weight), cfg.outer_batch, opt_tx)
-    direct = DirectMetaStep(cfg, family.sample)
+    direct = DirectMetaStep(cfg, family.sample, direct_remat)
     pool = make_pool(prog, jax.random.fold_in(key, 3), cfg.pool)
     return Bench(
         cfg, prog, family, engine, direct, params, trainable_mask(params), pool,
@@ -725,6 +730,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "rounding over 20 inner steps of a wider net reaches ~1e-4: the scaling sweep uses 1e-3)")
     p.add_argument("--engine-only", action="store_true",
                    help="time the engine alone (no hand-written contender, no agreement check): for sizes where the direct version does not fit in memory")
+    p.add_argument("--direct-remat", action="store_true",
+                   help="the hand-written version's inner steps under jax.checkpoint, as the engine's (its memory then fits at (784, 100) and (784, 200))")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.iters, args.compile_reps = 3, 3, 1
@@ -740,7 +747,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
     t_setup = time.perf_counter()
-    b = build(cfg, args.seed)
+    b = build(cfg, args.seed, args.direct_remat)
     key = jax.random.PRNGKey(args.seed + 100)
     setup_s = time.perf_counter() - t_setup
     fns = {"engine": b.engine.__call__, "direct": b.direct.__call__}
@@ -783,6 +790,7 @@ def bench_config(cfg: MetaConfig, args: argparse.Namespace) -> dict[str, Any]:
         "device_peak_mib": device_peak_mib(),  # accelerator memory, whole process so far (None on the CPU)
         "lock_wait_s": round(lock_wait_s, 1),
         "direct_compile_s": round(first["direct"]["first_call_s"], 3) if direct else None,
+        "direct_remat": args.direct_remat if direct else None,
         "unit": (f"ms per meta-step (outer batch {cfg.outer_batch}, {cfg.inner_steps} inner steps of batch {cfg.batch}, "
                  f"CV on {cfg.cv_points} points, grad + Adam)"),
         "config": {

@@ -61,12 +61,13 @@ def table(results: Path = RESULTS) -> str:
         for r in (doc or {}).get("rows", []):
             if bench == "step_bench" and not r["name"].endswith("vs_manual"):
                 continue
-            if bench != "meta_step_bench" and r["name"] == "mnist_meta_step":
+            if bench != "meta_step_bench" and r["name"] == "mnist_meta_step" and not r.get("direct_remat"):
                 continue  # measured again in meta_step_bench
             if r.get("direct_ms") is None:  # --engine-only
                 lines.append(f"{r['name']:44s} {r['engine_ms']:10.3f}ms {'-':>12s} {'-':>7s}  {_first_call(r)}, engine only")
                 continue
-            lines.append(f"{r['name']:44s} {r['engine_ms']:10.3f}ms {r['direct_ms']:10.3f}ms {r['ratio']:7.3f}  {_first_call(r)}")
+            remat = ", direct with remat" if r.get("direct_remat") else ""
+            lines.append(f"{r['name']:44s} {r['engine_ms']:10.3f}ms {r['direct_ms']:10.3f}ms {r['ratio']:7.3f}  {_first_call(r)}{remat}")
     for path in sorted(results.glob("chunk_bench_*.json")):
         doc = _load(path.stem, results)
         ms = doc["meta_step"]
