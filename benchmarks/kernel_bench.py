@@ -22,11 +22,14 @@ hidden layers, ``dots`` every matmul output) against full remat. ``--eval`` adds
 learner; needs MNIST, docs/data.md) for ``first_layer`` x XLA options, also interleaved.
 ``--set device`` times the choices that may differ on an accelerator against the default: the
 scan over the inner steps unrolled (``meta.unroll: true``), the remat off, both, and
-``first_layer=rows`` (experiments/device/gpu_bench.sh runs it on a GPU).
+``first_layer=rows`` (experiments/device/gpu_bench.sh runs it on a GPU). ``--set ynn`` times
+YNNPACK's fused subgraphs (``xla_cpu_experimental_ynn_fusion_type`` with the ``DOT`` and
+``ELTWISE`` library fusion types: a dot and the elementwise work around it as one YNNPACK
+kernel, tiled by slinky) against the library's options, which switch YNNPACK off.
 
-    python benchmarks/kernel_bench.py [--config mnist] [--set kernels|remat|device|all] [--rounds 5] [--iters 2] [--no-remat] [--eval] [--eval-reps 2] [--out FILE]
+    python benchmarks/kernel_bench.py [--config mnist] [--set kernels|remat|device|ynn|all] [--rounds 5] [--iters 2] [--no-remat] [--eval] [--eval-reps 2] [--out FILE]
 
-Results: ``benchmarks/results/kernel_bench_CONFIG.json`` (``_CONFIG_SET.json`` for ``--set remat|device|all``).
+Results: ``benchmarks/results/kernel_bench_CONFIG.json`` (``_CONFIG_SET.json`` for the other sets).
 """
 
 from __future__ import annotations
@@ -64,7 +67,8 @@ class VmappedStep(MetaStep):
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
 
 
-# name: (first_layer, library XLA options?, vmap a single task?, inner-step remat?)
+# name: (first_layer, XLA options, vmap a single task?, inner-step remat?); XLA options: True for
+# the library's (mplp_graph.xla), False for XLA's defaults, a dict for the library's updated with it
 VARIANTS = {
     "default (split, library options)": ("split", True, False, True),
     "first_layer=rows": ("rows", True, False, True),
@@ -85,6 +89,18 @@ DEVICE = {
     "unroll=true, no remat": ("split", True, False, False, True),
     "first_layer=rows": ("rows", True, False, True),
 }
+# YNNPACK's fused subgraphs (``--set ynn``): jaxlib 0.10 names the fusion kinds LIBRARY_FUSION_TYPE_*
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+_T = "LIBRARY_FUSION_TYPE_"
+YNN = {
+    "default (split, library options)": ("split", True, False, True),
+    "YNNPACK dot+eltwise fusions": ("split", {_YNN: f"{_T}DOT,{_T}ELTWISE"}, False, True),
+    "YNNPACK dot+eltwise+reduce fusions": ("split", {_YNN: f"{_T}DOT,{_T}ELTWISE,{_T}REDUCE"}, False, True),
+}
+
+
+def _xla_options_name(opt) -> object:
+    return "library" if opt is True else "xla_default" if opt is False else {**xla.CPU_OPTIONS, **opt}
 
 
 def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, remat: bool = True, unroll: int | bool = 1):
@@ -99,8 +115,8 @@ def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, 
 def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_remat: bool = False, sets: str = "kernels") -> dict:
     """``sets``: ``kernels`` (the kernel choices), ``remat`` (the default and the remat
     policies), ``device`` (:data:`DEVICE`) or ``all``; ``no_remat`` adds the default without remat."""
-    if sets == "device":
-        chosen = dict(DEVICE)
+    if sets in ("device", "ynn"):
+        chosen = dict(DEVICE if sets == "device" else YNN)
     else:
         chosen = {**(VARIANTS if sets in ("kernels", "all") else dict(list(VARIANTS.items())[:1]))}
         chosen.update(REMAT_POLICIES if sets in ("remat", "all") else {})
@@ -110,9 +126,10 @@ def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_
     for name, (first_layer, library, vmapped, remat, *unroll) in variants.items():
         step, params, pool = build_step(cfg, first_layer, vmapped, seed, remat, *unroll)
         fixed = fixed or (trainable_mask(params), pool)  # the same seed: the same params and pool
-        jitted[name] = (xla.jit(step.__call__) if library else jax.jit(step.__call__), params, step.init_opt_state(params))
+        fn = xla.jit(step.__call__, options=None if library is True else library) if library is not False else jax.jit(step.__call__)
+        jitted[name] = (fn, params, step.init_opt_state(params))
     out = msb.compare_variants(cfg, jitted, fixed, seed, rounds, iters, "ratio_vs_default")
-    variant_info = {k: {"first_layer": v[0], "xla_options": "library" if v[1] else "xla_default", "single_task_vmapped": v[2], "remat": v[3],
+    variant_info = {k: {"first_layer": v[0], "xla_options": _xla_options_name(v[1]), "single_task_vmapped": v[2], "remat": v[3],
                         "unroll": v[4] if len(v) > 4 else 1} for k, v in variants.items()}
     return {"config": out.pop("config"), "variants": variant_info, **out}
 
@@ -168,9 +185,9 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-remat", action="store_true", help="also the default without the inner-step remat (meta.remat: false)")
-    ap.add_argument("--set", default="kernels", choices=["kernels", "remat", "device", "all"],
+    ap.add_argument("--set", default="kernels", choices=["kernels", "remat", "device", "ynn", "all"],
                     help="meta-step variants: the kernel choices (default), the remat policies (meta.remat: hidden, dots) against full remat, "
-                    "the accelerator choices (scan unroll, remat off, first layer), or all (kernels and remat)")
+                    "the accelerator choices (scan unroll, remat off, first layer), YNNPACK's fused subgraphs, or all (kernels and remat)")
     ap.add_argument("--eval", action="store_true", help="also the 100-run MNIST evaluation (needs MNIST)")
     ap.add_argument("--eval-runs", type=int, default=100)
     ap.add_argument("--eval-reps", type=int, default=2, help="timed evaluation calls per variant (after the first)")
