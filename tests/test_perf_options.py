@@ -182,6 +182,57 @@ def test_single_task_meta_step_equals_the_vmapped_one():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * (float(jnp.max(jnp.abs(b))) + 1e-12))
 
 
+@pytest.mark.parametrize("joint", [False, True], ids=["MetaStep", "JointStep"])
+def test_outer_batch_modes_give_the_same_loss_and_gradient(joint):
+    """The outer batch's tasks vmapped or one after another (lax.map): the same meta-loss and
+    meta-gradient; "auto" is "map" on the CPU."""
+    from mplp_graph.meta.maml import JointStep, joint_params
+    from mplp_graph.meta.train import outer_batch_mode
+
+    prog = mg.compile_graph(mplp_feedforward((1, 6, 1), msg=3, hidden=2, learner="mlp" if joint else "gru"))
+    family = SinusoidFamily(inner_steps=2, batch=4, cv_points=8)
+    tasks = jax.vmap(family.sample)(jax.random.split(jax.random.PRNGKey(2), 3))
+    if joint:
+        params = joint_params(prog, family, jax.random.PRNGKey(0))
+        steps = {m: JointStep(prog, family.sample, 3, adam(1e-3), outer_batch_mode=m) for m in ("vmap", "map")}
+        run = {m: (lambda p, s=s: s.batch_loss(p, tasks)) for m, s in steps.items()}
+    else:
+        params = prog.init_params(jax.random.PRNGKey(0))
+        priors = make_pool(prog, jax.random.PRNGKey(1), 3)
+        steps = {m: MetaStep(prog, family.sample, MetaLoss(), 3, adam(1e-3), outer_batch_mode=m) for m in ("vmap", "map")}
+        run = {m: (lambda p, s=s: s.batch_loss(p, priors, tasks)) for m, s in steps.items()}
+    (l1, parts1), g1 = jax.value_and_grad(run["vmap"], has_aux=True)(params)
+    (l2, parts2), g2 = jax.value_and_grad(run["map"], has_aux=True)(params)
+    assert float(l1) > 0 and sorted(parts1) == sorted(parts2)
+    np.testing.assert_allclose(l2, l1, rtol=1e-6)
+    for k in parts1:
+        np.testing.assert_allclose(parts2[k], parts1[k], rtol=1e-5)
+    moved = 0
+    for a, b in zip(jax.tree_util.tree_leaves(g2), jax.tree_util.tree_leaves(g1), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * (float(jnp.max(jnp.abs(b))) + 1e-12))
+        moved += int(jnp.any(b != 0))
+    assert moved > 10  # gradients reach the learners
+    hlo = {m: jax.jit(jax.grad(lambda p, f=f: f(p)[0])).lower(params).as_text() for m, f in run.items()}
+    assert "while" in hlo["map"] and hlo["map"].count("while") > hlo["vmap"].count("while")  # the task loop
+    assert outer_batch_mode("auto") == ("map" if jax.default_backend() == "cpu" else "vmap")
+    assert outer_batch_mode("vmap") == "vmap"
+    with pytest.raises(ValueError, match="outer_batch_mode must be one of auto, vmap, map; found 'loop'"):
+        MetaStep(prog, family.sample, MetaLoss(), 3, adam(1e-3), outer_batch_mode="loop")
+
+
+def test_outer_batch_mode_map_is_refused_with_a_mesh():
+    from mplp_graph.meta.config import ExperimentConfig
+    from mplp_graph.meta.shard import task_mesh
+
+    prog = mg.compile_graph(mplp_feedforward((1, 4, 1), msg=2, hidden=2))
+    with pytest.raises(ValueError, match="use 'vmap' or 'auto' with a mesh"):
+        MetaStep(prog, SinusoidFamily().sample, MetaLoss(), 2, adam(1e-3), mesh=task_mesh(), outer_batch_mode="map")
+    MetaStep(prog, SinusoidFamily().sample, MetaLoss(), 2, adam(1e-3), mesh=task_mesh())  # auto: vmapped over the mesh
+    with pytest.raises(ValueError, match="set outer_batch_mode to 'auto' or 'vmap', or shard_tasks to false"):
+        ExperimentConfig.model_validate({"meta": {"shard_tasks": True, "outer_batch_mode": "map"}})
+    assert ExperimentConfig.model_validate({"meta": {"outer_batch_mode": "vmap"}}).meta.outer_batch_mode == "vmap"
+
+
 def test_library_xla_options_on_the_cpu(monkeypatch):
     from mplp_graph import xla
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 
 class _Strict(BaseModel):
@@ -67,6 +67,16 @@ class MetaConfig(_Strict):
     # inner steps per iteration of the scan loop (MetaLoss.unroll): 1 = a loop, true = no loop
     unroll: Annotated[bool, Strict()] | Annotated[int, Field(ge=1)] = 1
     fast_compile: bool = False  # compile the meta-step with XLA optimization level 1 (train.FAST_COMPILE)
+    # the outer batch's tasks: vmapped, one after another (map), or auto = map on the CPU, vmap
+    # elsewhere (mplp_graph.meta.train.OUTER_BATCH_MODES); with shard_tasks they are vmapped
+    outer_batch_mode: Literal["auto", "vmap", "map"] = "auto"
+
+    @model_validator(mode="after")
+    def _map_is_not_sharded(self):
+        if self.shard_tasks and self.outer_batch_mode == "map":
+            raise ValueError("outer_batch_mode 'map' runs the tasks one after another, shard_tasks splits them over devices: "
+                             "set outer_batch_mode to 'auto' or 'vmap', or shard_tasks to false")
+        return self
 
 
 class EvalConfig(_Strict):

@@ -132,7 +132,7 @@ def meta_step(setup: Setup) -> MetaStep:
         mesh = task_mesh()
     return MetaStep(
         setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight, m.remat, m.unroll), m.outer_batch, optimizer(setup.config), mesh,
-        FAST_COMPILE if m.fast_compile else (),
+        FAST_COMPILE if m.fast_compile else (), m.outer_batch_mode,
     )
 
 
