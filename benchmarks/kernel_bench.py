@@ -21,13 +21,17 @@ times the partial remat policies instead (``meta.remat: hidden`` keeps the learn
 hidden layers, ``dots`` every matmul output) against full remat. ``--eval`` adds the 100-run MNIST evaluation (untrained
 learner; needs MNIST, docs/data.md) for ``first_layer`` x XLA options, also interleaved.
 ``--set device`` times the choices that may differ on an accelerator against the default: the
-scan over the inner steps unrolled (``meta.unroll: true``), the remat off, both, and
-``first_layer=rows`` (experiments/device/gpu_bench.sh runs it on a GPU). ``--set ynn`` times
+scan over the inner steps unrolled (``meta.unroll: true``), the remat off, both,
+``first_layer=rows`` and the outer batch's tasks in a loop (``meta.outer_batch_mode: map``; the
+default there is ``vmap``) (experiments/device/gpu_bench.sh runs it on a GPU). ``--set ynn`` times
 YNNPACK's fused subgraphs (``xla_cpu_experimental_ynn_fusion_type`` with the ``DOT`` and
 ``ELTWISE`` library fusion types: a dot and the elementwise work around it as one YNNPACK
-kernel, tiled by slinky) against the library's options, which switch YNNPACK off.
+kernel, tiled by slinky) against the library's options, which switch YNNPACK off. ``--set tasks``
+times the outer batch's tasks vmapped (``meta.outer_batch_mode: vmap``) against the default
+(``auto``: one task after another on the CPU); ``--outer-batch N`` sets the config's outer batch
+(the MNIST config has 1, where both run the single task unbatched).
 
-    python benchmarks/kernel_bench.py [--config mnist] [--set kernels|remat|device|ynn|all] [--rounds 5] [--iters 2] [--no-remat] [--eval] [--eval-reps 2] [--out FILE]
+    python benchmarks/kernel_bench.py [--config mnist] [--set kernels|remat|device|ynn|tasks|all] [--outer-batch N] [--rounds 5] [--iters 2] [--no-remat] [--eval] [--eval-reps 2] [--out FILE]
 
 Results: ``benchmarks/results/kernel_bench_CONFIG.json`` (``_CONFIG_SET.json`` for the other sets).
 """
@@ -67,8 +71,9 @@ class VmappedStep(MetaStep):
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
 
 
-# name: (first_layer, XLA options, vmap a single task?, inner-step remat?); XLA options: True for
-# the library's (mplp_graph.xla), False for XLA's defaults, a dict for the library's updated with it
+# name: (first_layer, XLA options, vmap a single task?, inner-step remat?[, meta.unroll[, outer_batch_mode]]);
+# XLA options: True for the library's (mplp_graph.xla), False for XLA's defaults, a dict for the
+# library's updated with it
 VARIANTS = {
     "default (split, library options)": ("split", True, False, True),
     "first_layer=rows": ("rows", True, False, True),
@@ -88,6 +93,7 @@ DEVICE = {
     "unroll=true": ("split", True, False, True, True),
     "unroll=true, no remat": ("split", True, False, False, True),
     "first_layer=rows": ("rows", True, False, True),
+    "outer_batch_mode=map": ("split", True, False, True, 1, "map"),  # auto is vmap off the CPU
 }
 # YNNPACK's fused subgraphs (``--set ynn``): jaxlib 0.10 names the fusion kinds LIBRARY_FUSION_TYPE_*
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
@@ -98,16 +104,23 @@ YNN = {
     "YNNPACK dot+eltwise+reduce fusions": ("split", {_YNN: f"{_T}DOT,{_T}ELTWISE,{_T}REDUCE"}, False, True),
 }
 
+# the outer batch's tasks one after another (the CPU's default, ``auto``) or vmapped (``--set tasks``)
+TASKS = {
+    "default (split, library options)": ("split", True, False, True),
+    "outer_batch_mode=vmap": ("split", True, False, True, 1, "vmap"),
+}
+
 
 def _xla_options_name(opt) -> object:
     return "library" if opt is True else "xla_default" if opt is False else {**xla.CPU_OPTIONS, **opt}
 
 
-def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, remat: bool = True, unroll: int | bool = 1):
+def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, remat: bool = True, unroll: int | bool = 1, mode: str = "auto"):
     spec = mplp_feedforward(cfg.sizes, cfg.activation, cfg.loss, msg=cfg.msg, hidden=cfg.hidden, sharing=cfg.sharing, first_layer=first_layer)
     prog = compile_graph(spec)
     cls = VmappedStep if vmapped else MetaStep
-    step = cls(prog, msb.task_family(cfg).sample, MetaLoss(cfg.hint_weight, cfg.cv_weight, remat=remat, unroll=unroll), cfg.outer_batch, adam(cfg.lr))
+    objective = MetaLoss(cfg.hint_weight, cfg.cv_weight, remat=remat, unroll=unroll)
+    step = cls(prog, msb.task_family(cfg).sample, objective, cfg.outer_batch, adam(cfg.lr), outer_batch_mode=mode)
     key = jax.random.PRNGKey(seed)
     return step, prog.init_params(key), make_pool(prog, jax.random.fold_in(key, 3), cfg.pool)
 
@@ -115,22 +128,22 @@ def build_step(cfg: msb.MetaConfig, first_layer: str, vmapped: bool, seed: int, 
 def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_remat: bool = False, sets: str = "kernels") -> dict:
     """``sets``: ``kernels`` (the kernel choices), ``remat`` (the default and the remat
     policies), ``device`` (:data:`DEVICE`) or ``all``; ``no_remat`` adds the default without remat."""
-    if sets in ("device", "ynn"):
-        chosen = dict(DEVICE if sets == "device" else YNN)
+    if sets in ("device", "ynn", "tasks"):
+        chosen = dict({"device": DEVICE, "ynn": YNN, "tasks": TASKS}[sets])
     else:
         chosen = {**(VARIANTS if sets in ("kernels", "all") else dict(list(VARIANTS.items())[:1]))}
         chosen.update(REMAT_POLICIES if sets in ("remat", "all") else {})
     chosen.update(NO_REMAT if no_remat else {})
     variants = {k: v for k, v in chosen.items() if not (v[2] and cfg.outer_batch > 1)}
     jitted, fixed = {}, None
-    for name, (first_layer, library, vmapped, remat, *unroll) in variants.items():
-        step, params, pool = build_step(cfg, first_layer, vmapped, seed, remat, *unroll)
+    for name, (first_layer, library, vmapped, remat, *more) in variants.items():
+        step, params, pool = build_step(cfg, first_layer, vmapped, seed, remat, *more)
         fixed = fixed or (trainable_mask(params), pool)  # the same seed: the same params and pool
         fn = xla.jit(step.__call__, options=None if library is True else library) if library is not False else jax.jit(step.__call__)
         jitted[name] = (fn, params, step.init_opt_state(params))
     out = msb.compare_variants(cfg, jitted, fixed, seed, rounds, iters, "ratio_vs_default")
     variant_info = {k: {"first_layer": v[0], "xla_options": _xla_options_name(v[1]), "single_task_vmapped": v[2], "remat": v[3],
-                        "unroll": v[4] if len(v) > 4 else 1} for k, v in variants.items()}
+                        "unroll": v[4] if len(v) > 4 else 1, "outer_batch_mode": v[5] if len(v) > 5 else "auto"} for k, v in variants.items()}
     return {"config": out.pop("config"), "variants": variant_info, **out}
 
 
@@ -185,9 +198,10 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-remat", action="store_true", help="also the default without the inner-step remat (meta.remat: false)")
-    ap.add_argument("--set", default="kernels", choices=["kernels", "remat", "device", "ynn", "all"],
+    ap.add_argument("--set", default="kernels", choices=["kernels", "remat", "device", "ynn", "tasks", "all"],
                     help="meta-step variants: the kernel choices (default), the remat policies (meta.remat: hidden, dots) against full remat, "
-                    "the accelerator choices (scan unroll, remat off, first layer), YNNPACK's fused subgraphs, or all (kernels and remat)")
+                    "the accelerator choices (scan unroll, remat off, first layer), YNNPACK's fused subgraphs, the outer batch's tasks vmapped vs in a loop, or all (kernels and remat)")
+    ap.add_argument("--outer-batch", type=int, default=None, help="the config's outer batch (default: the config's own)")
     ap.add_argument("--eval", action="store_true", help="also the 100-run MNIST evaluation (needs MNIST)")
     ap.add_argument("--eval-runs", type=int, default=100)
     ap.add_argument("--eval-reps", type=int, default=2, help="timed evaluation calls per variant (after the first)")
@@ -195,7 +209,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     cfg = next(c for c in msb.ALL_CONFIGS if c.name == args.config)
-    out = args.out or HERE / "results" / f"kernel_bench_{cfg.name}{'' if args.set == 'kernels' else '_' + args.set}.json"
+    if args.outer_batch is not None:
+        cfg = dataclasses.replace(cfg, outer_batch=args.outer_batch)
+    suffix = ("" if args.set == "kernels" else "_" + args.set) + ("" if args.outer_batch is None else f"_ob{args.outer_batch}")
+    out = args.out or HERE / "results" / f"kernel_bench_{cfg.name}{suffix}.json"
     doc = {
         **result_header("kernel_bench", argv, args.note),
         "library_xla_options": xla.CPU_OPTIONS,

@@ -1,7 +1,8 @@
 """Benchmark: one full meta-step of the engine vs the same meta-step written by hand.
 
 The engine's meta-step is the jitted :class:`mplp_graph.meta.train.MetaStep` call: distinct
-priors drawn from a pool, tasks sampled, the outer batch vmapped, the inner steps scanned
+priors drawn from a pool, tasks sampled, the outer batch's tasks run (one after another on the
+CPU, vmapped elsewhere: ``meta.outer_batch_mode``; the direct version vmaps them), the inner steps scanned
 (``Program.step_carry``), hint + CV loss, meta-gradient, per-leaf gradient normalization, Adam.
 The direct version is a plain jax.numpy implementation of the reference inner loop
 (reference-notes Appendix A): a forward that stores its inputs, the loss node's GRU, then per
