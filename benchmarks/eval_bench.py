@@ -1,11 +1,16 @@
-"""Benchmark: the 100-run evaluation protocols (reference-notes 5.6), each vmapped in one jit.
+"""Benchmark: the 100-run evaluation protocols (reference-notes 5.6), each in one jit.
 
 Times the first call (trace + compile + run) and the median of ``--reps`` later calls for the
 MNIST (144,50,10) protocol (20 steps, batch 8, accuracy on 100 test images after each step) and
 the sinusoid protocol (5 steps, batch 10), with a learner whose standardizers come from an init
 rollout (the timing does not depend on the learner's values).
 
-    python benchmarks/eval_bench.py [--runs 100] [--reps 3] [--out benchmarks/results/eval_bench.json]
+``--modes``: how the runs are batched (:mod:`mplp_graph.meta.batching`: ``auto``, the default, is
+one run after another on the CPU and vmapped elsewhere; ``vmap``; ``map``). With several modes
+each protocol's modes are timed in interleaved rounds (the order rotating) and must agree (the
+same mean accuracy / eval loss, to float rounding); rows are then named ``PROTOCOL (MODE)``.
+
+    python benchmarks/eval_bench.py [--runs 100] [--reps 3] [--modes auto] [--out benchmarks/results/eval_bench.json]
 """
 
 from __future__ import annotations
@@ -34,18 +39,23 @@ from mplp_graph.meta.run import build, initial_params, load_mnist_splits
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def timed(fn, reps):
-    t0 = time.perf_counter()
-    out = fn()
-    jax.block_until_ready(out)
-    first = time.perf_counter() - t0
-    times = []
+def timed(fns: dict, reps: int) -> tuple[dict, dict, dict, float]:
+    """First call and median of ``reps`` later calls of each function of ``fns``, the later calls
+    in interleaved rounds (the order rotating): ``(first_s, median_s, first output, lock wait)``."""
+    first, outs = {}, {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        outs[name] = jax.block_until_ready(fn())
+        first[name] = time.perf_counter() - t0
+    times: dict = {name: [] for name in fns}
+    names = list(fns)
     with exclusive_device() as wait_s:  # one process at a time on a shared accelerator ($MPLP_BENCH_LOCK)
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - t0)
-    return first, statistics.median(times), out, wait_s
+        for r in range(reps):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                t0 = time.perf_counter()
+                jax.block_until_ready(fns[name]())
+                times[name].append(time.perf_counter() - t0)
+    return first, {k: statistics.median(v) for k, v in times.items()}, outs, wait_s
 
 
 def main(argv=None) -> int:
@@ -54,6 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "eval_bench.json")
     ap.add_argument("--note", default="")
+    ap.add_argument("--modes", nargs="+", choices=["auto", "vmap", "map"], default=["auto"], help="how the runs are batched (default: auto)")
     args = ap.parse_args(argv)
     rows = {}
     for name in ("mnist", "sinusoid"):
@@ -64,15 +75,23 @@ def main(argv=None) -> int:
             prepared, meta = load_mnist_splits(config)
             setup = build(config, data=meta)
             params = initial_params(setup)
-            fn = lambda setup=setup, params=params, prepared=prepared, key=key: evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, args.runs)
+            fns = {m: lambda setup=setup, params=params, prepared=prepared, key=key, m=m: evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, key, args.runs, mode=m)
+                   for m in args.modes}
         else:
             setup = build(config)
             params = initial_params(setup)
-            fn = lambda setup=setup, params=params, key=key: evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, args.runs)["eval"]
-        first, median, out, wait_s = timed(fn, args.reps)
-        rows[name] = {"runs": args.runs, "first_call_s": round(first, 3), "median_s": round(median, 4), "finite": bool(np.all(np.isfinite(np.asarray(out)))),
-                      "device_peak_mib": device_peak_mib(), "lock_wait_s": round(wait_s, 1)}
-        print(name, rows[name], flush=True)
+            fns = {m: lambda setup=setup, params=params, key=key, m=m: evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, args.runs, mode=m)["eval"]
+                   for m in args.modes}
+        first, median, outs, wait_s = timed(fns, args.reps)
+        base = np.asarray(outs[args.modes[0]])
+        for m, out in outs.items():  # the same runs (keys, priors, tasks): the same results up to float rounding
+            if not np.allclose(np.mean(np.asarray(out), 0), np.mean(base, 0), rtol=1e-3, atol=0.05 if name == "mnist" else 1e-6):
+                raise SystemExit(f"eval {name}: mode {m} disagrees with {args.modes[0]}")
+        for m in args.modes:
+            row = name if len(args.modes) == 1 else f"{name} ({m})"
+            rows[row] = {"runs": args.runs, "mode": m, "first_call_s": round(first[m], 3), "median_s": round(median[m], 4),
+                         "finite": bool(np.all(np.isfinite(np.asarray(outs[m])))), "device_peak_mib": device_peak_mib(), "lock_wait_s": round(wait_s, 1)}
+            print(row, rows[row], flush=True)
     doc = {
         "benchmark": "eval_bench",
         "command": "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),

@@ -187,7 +187,7 @@ def test_outer_batch_modes_give_the_same_loss_and_gradient(joint):
     """The outer batch's tasks vmapped or one after another (lax.map): the same meta-loss and
     meta-gradient; "auto" is "map" on the CPU."""
     from mplp_graph.meta.maml import JointStep, joint_params
-    from mplp_graph.meta.train import outer_batch_mode
+    from mplp_graph.meta.batching import resolve
 
     prog = mg.compile_graph(mplp_feedforward((1, 6, 1), msg=3, hidden=2, learner="mlp" if joint else "gru"))
     family = SinusoidFamily(inner_steps=2, batch=4, cv_points=8)
@@ -212,12 +212,39 @@ def test_outer_batch_modes_give_the_same_loss_and_gradient(joint):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * (float(jnp.max(jnp.abs(b))) + 1e-12))
         moved += int(jnp.any(b != 0))
     assert moved > 10  # gradients reach the learners
-    hlo = {m: jax.jit(jax.grad(lambda p, f=f: f(p)[0])).lower(params).as_text() for m, f in run.items()}
+    hlo = {m: jax.jit(lambda p, f=f: f(p)[0]).lower(params).as_text() for m, f in run.items()}  # the forward's loops
     assert "while" in hlo["map"] and hlo["map"].count("while") > hlo["vmap"].count("while")  # the task loop
-    assert outer_batch_mode("auto") == ("map" if jax.default_backend() == "cpu" else "vmap")
-    assert outer_batch_mode("vmap") == "vmap"
-    with pytest.raises(ValueError, match="outer_batch_mode must be one of auto, vmap, map; found 'loop'"):
+    assert resolve("auto") == ("map" if jax.default_backend() == "cpu" else "vmap")
+    assert resolve("vmap") == "vmap"
+    with pytest.raises(ValueError, match="the batch mode must be one of auto, vmap, map; found 'loop'"):
         MetaStep(prog, family.sample, MetaLoss(), 3, adam(1e-3), outer_batch_mode="loop")
+
+
+def test_evaluation_runs_vmapped_or_in_a_loop_give_the_same_results():
+    """The MPLP evaluations (sinusoid protocol and MNIST-shaped protocol on random data) with the
+    runs vmapped or one after another: the same numbers."""
+    from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
+    from mplp_graph.meta.evaluate import evaluate_mplp
+
+    family = SinusoidFamily(inner_steps=2, batch=4, cv_points=8)
+    prog = mg.compile_graph(mplp_feedforward((1, 6, 1), msg=3, hidden=2))
+    fwd = mg.compile_graph(mg.feedforward((1, 6, 1), "relu", "l2", lr=0.1))
+    params = prog.init_params(jax.random.PRNGKey(0))
+    r = {m: evaluate_mplp(prog, fwd, params, family, jax.random.PRNGKey(3), runs=3, mode=m) for m in ("vmap", "map")}
+    assert r["vmap"]["eval"].shape == (3, 3)
+    for k in ("eval", "train", "pred"):
+        np.testing.assert_allclose(r["map"][k], r["vmap"][k], rtol=1e-5, atol=1e-7)
+
+    rng = np.random.default_rng(0)
+    onehot = lambda n: np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
+    data = {"train_x": rng.normal(size=(64, 5)).astype(np.float32), "train_y": onehot(64),
+            "test_x": rng.normal(size=(150, 5)).astype(np.float32), "test_y": onehot(150)}
+    prog = mg.compile_graph(mplp_feedforward((5, 4, 3), "sigmoid", "ce", msg=2, hidden=2))
+    fwd = mg.compile_graph(mg.feedforward((5, 4, 3), "sigmoid", "ce", lr=0.1))
+    params = prog.init_params(jax.random.PRNGKey(1))
+    acc = {m: evaluate_mplp_mnist(prog, fwd, params, data, jax.random.PRNGKey(4), runs=3, steps=2, batch=4, mode=m) for m in ("vmap", "map")}
+    assert acc["vmap"].shape == (3, 2) and np.all((acc["vmap"] >= 0) & (acc["vmap"] <= 100))
+    np.testing.assert_allclose(acc["map"], acc["vmap"], atol=1e-4)
 
 
 def test_outer_batch_mode_map_is_refused_with_a_mesh():

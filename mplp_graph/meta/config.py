@@ -68,7 +68,7 @@ class MetaConfig(_Strict):
     unroll: Annotated[bool, Strict()] | Annotated[int, Field(ge=1)] = 1
     fast_compile: bool = False  # compile the meta-step with XLA optimization level 1 (train.FAST_COMPILE)
     # the outer batch's tasks: vmapped, one after another (map), or auto = map on the CPU, vmap
-    # elsewhere (mplp_graph.meta.train.OUTER_BATCH_MODES); with shard_tasks they are vmapped
+    # elsewhere (mplp_graph.meta.batching); with shard_tasks they are vmapped
     outer_batch_mode: Literal["auto", "vmap", "map"] = "auto"
 
     @model_validator(mode="after")

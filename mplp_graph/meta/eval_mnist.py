@@ -22,6 +22,7 @@ import optax
 
 from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
+from mplp_graph.meta import batching
 from mplp_graph.meta.evaluate import point_losses
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 
@@ -67,9 +68,10 @@ def _in_chunks(run: Callable, params: Any, keys: Any, d: dict[str, np.ndarray], 
 
 
 @functools.lru_cache(maxsize=16)
-def _mplp_runner(prog: Program, fwd: Program, batch: int) -> Callable:
-    """The jitted, run-vmapped protocol for ``prog`` (cached: learner parameters are an argument,
-    so evaluating several learners or checkpoints compiles once)."""
+def _mplp_runner(prog: Program, fwd: Program, batch: int, mode: str = "auto") -> Callable:
+    """The jitted protocol for ``prog`` over runs, vmapped or one run after another (``mode``,
+    :mod:`mplp_graph.meta.batching`; cached: learner parameters are an argument, so evaluating
+    several learners or checkpoints compiles once)."""
 
     def one(params, k, dr):
         net = agent_params(prog.spec, prog.init(k, 1))  # fresh random prior
@@ -80,14 +82,16 @@ def _mplp_runner(prog: Program, fwd: Program, batch: int) -> Callable:
 
         return _run(fwd, carry, update, lambda c: agent_params(prog.spec, c), dr)
 
-    return xla.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+    return xla.jit(lambda params, keys, d: batching.over_leading_axis(lambda k, dr: one(params, k, dr), (keys, d), mode))
 
 
-def evaluate_mplp_mnist(prog: Program, fwd: Program, params: Any, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8, chunk: int | None = None) -> np.ndarray:
-    """Accuracy after each step, ``(runs, steps)``, for the learned protocol ``params``."""
+def evaluate_mplp_mnist(prog: Program, fwd: Program, params: Any, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8,
+                        chunk: int | None = None, mode: str = "auto") -> np.ndarray:
+    """Accuracy after each step, ``(runs, steps)``, for the learned protocol ``params``; the runs
+    vmapped or one after another (``mode``: "auto" = a loop on the CPU; :mod:`mplp_graph.meta.batching`)."""
     d = protocol_data(data, key, runs, steps, batch)
     keys = jax.random.split(jax.random.fold_in(key, 1), runs)
-    return _in_chunks(_mplp_runner(prog, fwd, batch), params, keys, d, chunk)
+    return _in_chunks(_mplp_runner(prog, fwd, batch, mode), params, keys, d, chunk)
 
 
 def evaluate_optax_mnist(fwd: Program, optimizer: optax.GradientTransformation, data: dict[str, np.ndarray], key: Any, runs: int = 100, steps: int = 20, batch: int = 8) -> np.ndarray:

@@ -18,6 +18,7 @@ import optax
 
 from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
+from mplp_graph.meta import batching
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 
@@ -56,8 +57,9 @@ def _protocol(fwd: Program, family: SinusoidFamily, task: dict, init: Any, updat
 
 
 @functools.lru_cache(maxsize=16)
-def _mplp_runner(prog: Program, fwd: Program, family: SinusoidFamily, learned_prior: bool) -> Callable:
-    """The jitted, run-vmapped protocol (cached; learner parameters and prior are arguments, so
+def _mplp_runner(prog: Program, fwd: Program, family: SinusoidFamily, learned_prior: bool, mode: str = "auto") -> Callable:
+    """The jitted protocol over runs, vmapped or one run after another (``mode``,
+    :mod:`mplp_graph.meta.batching`; cached: learner parameters and prior are arguments, so
     evaluating several learners compiles once)."""
 
     def one(params, prior, k):
@@ -71,12 +73,14 @@ def _mplp_runner(prog: Program, fwd: Program, family: SinusoidFamily, learned_pr
 
         return _protocol(fwd, family, task, state, update, lambda s: agent_params(prog.spec, s))
 
-    return xla.jit(jax.vmap(one, in_axes=(None, None, 0)))
+    return xla.jit(lambda params, prior, keys: batching.over_leading_axis(lambda k: one(params, prior, k), (keys,), mode))
 
 
-def evaluate_mplp(prog: Program, fwd: Program, params: Any, family: SinusoidFamily, key: Any, runs: int = 100, prior: Any = None) -> dict:
-    """MPLP from fresh random priors (or ``prior``), ``runs`` runs vmapped in one jit."""
-    run = _mplp_runner(prog, fwd, family, prior is not None)
+def evaluate_mplp(prog: Program, fwd: Program, params: Any, family: SinusoidFamily, key: Any, runs: int = 100, prior: Any = None,
+                  mode: str = "auto") -> dict:
+    """MPLP from fresh random priors (or ``prior``), ``runs`` runs in one jit: vmapped or one after
+    another (``mode``: "auto" = a loop on the CPU, vmap elsewhere; :mod:`mplp_graph.meta.batching`)."""
+    run = _mplp_runner(prog, fwd, family, prior is not None, mode)
     return run(params, prior, jax.random.split(key, runs))
 
 

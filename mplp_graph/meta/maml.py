@@ -30,10 +30,11 @@ import optax
 
 from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
+from mplp_graph.meta import batching
 from mplp_graph.meta.evaluate import _protocol, point_losses
 from mplp_graph.meta.objectives import MetaLoss, task_loss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import RaveledOptState, outer_update, over_tasks
+from mplp_graph.meta.train import RaveledOptState, outer_update
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 
@@ -60,7 +61,7 @@ def sample_tasks(sample_task: Callable, key: Any, n: int, data: Any = None) -> d
 @dataclass(frozen=True)
 class JointStep(RaveledOptState):
     """One meta-step of the learner and the prior together; ``outer_batch`` tasks, vmapped or one
-    after another (``outer_batch_mode``, :data:`mplp_graph.meta.train.OUTER_BATCH_MODES`)."""
+    after another (``outer_batch_mode``, :mod:`mplp_graph.meta.batching`)."""
 
     prog: Program
     sample_task: Callable[[Any], dict[str, Any]]
@@ -75,7 +76,7 @@ class JointStep(RaveledOptState):
         def one(task):
             return task_loss(self.prog, self.objective, params["learner"], params["prior"], task)
 
-        losses, parts = over_tasks(one, (tasks,), self.outer_batch_mode)
+        losses, parts = batching.over_leading_axis(one, (tasks,), self.outer_batch_mode)
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
 
     def __call__(self, params: Any, opt_state: Any, mask: Any, pool: Any, key: Any, data: Any = None):

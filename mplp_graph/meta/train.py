@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 
 from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
+from mplp_graph.meta import batching
 from mplp_graph.meta.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -126,38 +127,6 @@ def make_pool(prog: Program, key: Any, size: int) -> Any:
     return jax.jit(jax.vmap(lambda k: agent_params(prog.spec, prog.init(k, 1))))(jax.random.split(key, size))
 
 
-# how the tasks of an outer batch run (MetaStep / JointStep ``outer_batch_mode``, config
-# ``meta.outer_batch_mode``): "vmap" batches them into one program, "map" runs them one after
-# another in a loop (``jax.lax.map``), "auto" is "map" on the CPU and "vmap" elsewhere. On the
-# CPU, every learner parameter gradient of a vmapped batch is a dot over the task axis that XLA
-# lays out with transposed copies of the (rows, features) cotangents; one task at a time avoids
-# them (the sinusoid meta-step: 0.91-0.93x the vmapped one's time, benchmarks/kernel_bench.py
-# --set tasks). A GPU wants the batch: one program, fewer and larger kernels.
-OUTER_BATCH_MODES = ("auto", "vmap", "map")
-
-
-def outer_batch_mode(mode: str) -> str:
-    """``mode`` with "auto" resolved for the default backend: "map" or "vmap"."""
-    if mode not in OUTER_BATCH_MODES:
-        raise ValueError(f"outer_batch_mode must be one of {', '.join(OUTER_BATCH_MODES)}; found {mode!r}")
-    if mode == "auto":
-        return "map" if jax.default_backend() == "cpu" else "vmap"
-    return mode
-
-
-def over_tasks(fn: Callable, args: tuple, mode: str = "auto") -> Any:
-    """``fn(*task_args)`` for each task of ``args`` (pytrees with a leading task axis), stacked
-    along a new leading axis. One task runs unbatched, whatever ``mode``: under ``vmap`` its
-    learner parameter gradients would be batched dots (see :data:`OUTER_BATCH_MODES`)."""
-    n = jax.tree_util.tree_leaves(args)[0].shape[0]
-    if n == 1:
-        out = fn(*jax.tree_util.tree_map(lambda a: a[0], args))
-        return jax.tree_util.tree_map(lambda a: a[None], out)
-    if outer_batch_mode(mode) == "map":
-        return jax.lax.map(lambda a: fn(*a), args)
-    return jax.vmap(fn)(*args)
-
-
 class RaveledOptState:
     """For step functions whose outer update is :func:`outer_update` (``self.optimizer``):
     ``init_opt_state(params)`` makes the optimizer state they expect."""
@@ -177,12 +146,12 @@ class MetaStep(RaveledOptState):
     # XLA options for compiling the meta-step in meta_train, as (name, value) pairs; FAST_COMPILE
     # trades some XLA optimization for ~25% less compile time (benchmarks/compile_bench.py)
     compiler_options: tuple = ()
-    # the outer batch's tasks vmapped, one after another, or "auto" (:data:`OUTER_BATCH_MODES`);
-    # with a mesh they are vmapped (and split over its devices)
+    # the outer batch's tasks vmapped, one after another ("map"), or "auto": map on the CPU, vmap
+    # elsewhere (mplp_graph.meta.batching); with a mesh they are vmapped (and split over its devices)
     outer_batch_mode: str = "auto"
 
     def __post_init__(self):
-        outer_batch_mode(self.outer_batch_mode)  # a known mode
+        batching.resolve(self.outer_batch_mode)  # a known mode
         if self.mesh is not None and self.outer_batch_mode == "map":
             raise ValueError("outer_batch_mode='map' runs the tasks one after another, a mesh splits them over its devices; "
                              "use 'vmap' or 'auto' with a mesh")
@@ -194,7 +163,7 @@ class MetaStep(RaveledOptState):
         if self.mesh is not None:  # the tasks' axis is split over the mesh's devices
             losses, parts = jax.vmap(one)(priors, tasks)
         else:
-            losses, parts = over_tasks(one, (priors, tasks), self.outer_batch_mode)
+            losses, parts = batching.over_leading_axis(one, (priors, tasks), self.outer_batch_mode)
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
 
     def __call__(self, params: Any, opt_state: Any, mask: Any, pool: Any, key: Any, data: Any = None):
