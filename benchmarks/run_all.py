@@ -83,7 +83,7 @@ def table(results: Path = RESULTS) -> str:
             lines.append(f"{label:44s} {t:10.1f}ms {'':>12s} {ms['ratio_vs_default'][name]:7.3f}  vs the library default")
         for name, t in doc.get("eval_mnist", {}).get("s_median", {}).items():
             lines.append(f"{'eval mnist, ' + name:44s} {t:11.2f}s {'':>12s} {doc['eval_mnist']['ratio_vs_default'][name]:7.3f}  vs the default kernels")
-    for bench in ("eval_bench", "eval_bench_gpu"):
+    for bench in ("eval_bench", "eval_bench_modes", "eval_bench_gpu"):
         doc = _load(bench, results)
         where = "GPU" if bench.endswith("gpu") or "NVIDIA" in (doc or {}).get("machine", "") else "CPU"
         for name, r in (doc or {}).get("results", {}).items():
