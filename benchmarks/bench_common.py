@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,27 @@ def exclusive_device():
             yield time.perf_counter() - t0
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def round_order(names: list, r: int) -> list:
+    """``names`` rotated by ``r``: the order of timing round ``r``, so that no contender is
+    always first (or always right after another) in interleaved rounds."""
+    return names[r % len(names) :] + names[: r % len(names)]
+
+
+def interleaved_call_times(fns: dict[str, Any], reps: int) -> dict[str, list[float]]:
+    """Seconds of each call of every function of ``fns`` (no arguments), ``reps`` rounds of one
+    call each, the order rotating (:func:`round_order`)."""
+    import jax
+
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(reps):
+        for name in round_order(names, r):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fns[name]())
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def mnist_eval_setup(**graph: Any) -> tuple[Any, Any, Any]:

@@ -30,7 +30,7 @@ import yaml
 from mplp_graph.meta.checkpoint import atomic_write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import device_peak_mib, exclusive_device  # noqa: E402
+from bench_common import device_peak_mib, exclusive_device, interleaved_call_times  # noqa: E402
 from mplp_graph.meta.config import ExperimentConfig
 from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
 from mplp_graph.meta.evaluate import evaluate_mplp
@@ -47,14 +47,8 @@ def timed(fns: dict, reps: int) -> tuple[dict, dict, dict, float]:
         t0 = time.perf_counter()
         outs[name] = jax.block_until_ready(fn())
         first[name] = time.perf_counter() - t0
-    times: dict = {name: [] for name in fns}
-    names = list(fns)
     with exclusive_device() as wait_s:  # one process at a time on a shared accelerator ($MPLP_BENCH_LOCK)
-        for r in range(reps):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                t0 = time.perf_counter()
-                jax.block_until_ready(fns[name]())
-                times[name].append(time.perf_counter() - t0)
+        times = interleaved_call_times(fns, reps)
     return first, {k: statistics.median(v) for k, v in times.items()}, outs, wait_s
 
 

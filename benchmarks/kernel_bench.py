@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import meta_step_bench as msb  # noqa: E402
-from bench_common import mnist_eval_setup, result_header, write_json_atomic  # noqa: E402
+from bench_common import interleaved_call_times, mnist_eval_setup, result_header, write_json_atomic  # noqa: E402
 
 from mplp_graph import compile_graph, xla  # noqa: E402
 from mplp_graph.meta.objectives import MetaLoss, task_loss  # noqa: E402
@@ -173,13 +173,7 @@ def bench_eval(runs: int, reps: int) -> dict:
     for name, a in acc.items():  # the same protocol and keys: the same accuracies up to rounding
         if abs(float(a[:, -1].mean()) - float(acc[base][:, -1].mean())) > 0.01:
             raise SystemExit(f"eval {name} disagrees with {base}")
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(reps):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            jax.block_until_ready(fns[name]())
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_call_times(fns, reps)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "runs": runs,

@@ -85,7 +85,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import meta_step_bench as msb
-from bench_common import _git, exclusive_device, result_header, write_json_atomic
+from bench_common import _git, exclusive_device, result_header, round_order, write_json_atomic
 
 from mplp_graph import xla
 from mplp_graph.meta.maml import sample_tasks
@@ -293,7 +293,7 @@ def interleaved(fns: dict[str, Callable], states: dict[str, tuple], keys: list, 
     names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
-        for k in names[r % len(names) :] + names[: r % len(names)]:
+        for k in round_order(names, r):
             times[k].append(msb.time_loop(fns[k], states[k], (), keys, iters[k]))
     return times
 

@@ -91,7 +91,7 @@ from mplp_graph.ops.builtin import CE_CLIP
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
-from bench_common import _git, device_peak_mib, exclusive_device, machine_line, write_json_atomic  # noqa: E402  (benchmarks/ is on sys.path)
+from bench_common import _git, device_peak_mib, exclusive_device, machine_line, round_order, write_json_atomic  # noqa: E402  (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "meta_step_bench.json"
@@ -648,7 +648,7 @@ def interleaved(fns: dict[str, Callable], states: dict[str, tuple], fixed: tuple
     names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
+        order = round_order(names, r)
         for k in order:
             times[k].append(time_loop(fns[k], states[k], fixed, keys, iters))
     return times

@@ -45,7 +45,7 @@ import numpy as np
 import mplp_graph as mg
 from mplp_graph import xla
 from mplp_graph.ops.builtin import CE_CLIP
-from bench_common import _git, machine_line, write_json_atomic  # noqa: E402  (benchmarks/ is on sys.path)
+from bench_common import _git, machine_line, round_order, write_json_atomic  # noqa: E402  (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "step_bench.json"
@@ -298,7 +298,7 @@ def interleaved(fns: dict[str, Callable], carries: dict[str, Any], arg: Any, rou
     names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
+        order = round_order(names, r)
         for k in order:
             times[k].append(time_loop(fns[k], carries[k], arg, iters))
     return times

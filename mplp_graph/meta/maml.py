@@ -70,6 +70,9 @@ class JointStep(RaveledOptState):
     objective: MetaLoss = CV_ONLY
     outer_batch_mode: str = "auto"
 
+    def __post_init__(self):
+        batching.resolve(self.outer_batch_mode)  # a known mode, checked when the step is built
+
     def batch_loss(self, params: Any, tasks: dict[str, Any]) -> tuple[Any, dict]:
         """Mean over tasks of the meta-loss, every task adapted from ``params["prior"]``."""
 
