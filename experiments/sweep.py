@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         ap.error(f"--lr-mults has {len(mults)} values for {len(args.seeds)} seeds")
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config.to_json(), sort_keys=False).encode())
     command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     sweep_doc = {"seeds": args.seeds, "lr_mults": mults, "command": command, "device": str(jax.devices()[0])}
     atomic_write_bytes(run_dir / "sweep.json", json.dumps(sweep_doc, indent=1).encode())

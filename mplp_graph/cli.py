@@ -6,7 +6,7 @@ Subcommands::
     mplp-graph inspect FILE       print the graph and its compile report
     mplp-graph draw FILE -o OUT   draw the topology (.png, .svg, .pdf or .dot)
     mplp-graph train CONFIG       meta-train from an experiment config (resumable)
-    mplp-graph eval RUN_DIR       evaluate a trained run against Adam; JSON + plot
+    mplp-graph eval RUN_DIR       evaluate a trained run against its baselines; JSON + plot
     mplp-graph reference FILE     load a published learner file (--graph sinusoid|maml|mnist)
     mplp-graph demo               meta-train a small MPLP learner, compare it with Adam
     mplp-graph backprop           train the sinusoid net with the backprop protocol
@@ -122,24 +122,35 @@ def cmd_draw(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _experiment_config(path: str):
-    """The experiment config at ``path``; a bad one is a :class:`UserError` naming file, line and key."""
-    from mplp_graph.meta.config import load_experiment_config
+def _setup(config_path: str, steps: int | None = None):
+    """The run setup of an experiment config (graph, task family, data), every problem a
+    :class:`UserError` naming file, line and key."""
+    from mplp_graph.meta.run import load_setup
 
+    if not os.path.isfile(config_path):
+        raise UserError(f"{config_path}: no such file; give an experiment config (e.g. experiments/sinusoid/config.yaml)")
     try:
-        return load_experiment_config(path)
+        setup = load_setup(config_path)
     except MplpGraphError as e:
-        raise UserError(str(e)) from None
+        raise UserError(_user_message(e)) from None
+    if steps is not None:
+        import dataclasses
+
+        config = setup.config.model_copy(update={"meta": setup.config.meta.model_copy(update={"steps": steps})})
+        setup = dataclasses.replace(setup, config=config)
+    return setup
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mplp_graph.meta.run import train
 
-    config = _experiment_config(args.config)
-    if args.steps is not None:
-        config = config.model_copy(update={"meta": config.meta.model_copy(update={"steps": args.steps})})
-    train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
-    print(f"meta-trained to step {config.meta.steps}; metrics and checkpoints in {args.run_dir}")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
+    setup = _setup(args.config, args.steps)  # checked whole before the run folder is touched
+    params, history = train(setup, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    last = history[-1] if history else {}
+    parts = ", ".join(f"{k} {last[k]:.5f}" for k in last if k not in ("step", "step_s", "finite"))
+    print(f"meta-trained {setup.prog.spec.name!r} to step {setup.config.meta.steps} ({parts}); metrics and checkpoints in {args.run_dir}")
     return EXIT_OK
 
 
@@ -161,34 +172,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
         try:
             setup, params, step = load_trained(args.run_dir)
         except (FileNotFoundError, MplpGraphError) as e:
-            raise UserError(str(e)) from None
+            raise UserError(_user_message(e)) from None
         source = args.run_dir
-    if args.runs is not None:
-        import dataclasses
-
-        setup = dataclasses.replace(setup, config=setup.config.model_copy(update={"eval": setup.config.eval.model_copy(update={"runs": args.runs})}))
+    if args.runs is not None and args.runs < 1:
+        raise UserError(f"--runs must be at least 1, got {args.runs}")
     out = Path(args.out or args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if setup.config.task.family == "mnist":
-        return _eval_mnist(setup, params, step, out, f"mplp-graph eval {source}", args.transfers, args.runs_784)
+    command = f"mplp-graph eval {source}" + (f" --runs {args.runs}" if args.runs else "") + (f" --split {args.split}" if args.split else "")
     if args.transfers:
-        raise UserError("--transfers applies to MNIST configs (task.family: mnist) only")
-    results = evaluate(setup, params)
-    doc = write_results(setup, results, out, command=f"mplp-graph eval {source}", meta_steps=step, train_s=None)
+        if setup.config.task.family != "mnist" or setup.config.graph.file is not None:
+            raise UserError("--transfers applies to the MNIST template configs (task.family: mnist, no graph.file) only")
+        return _eval_mnist(setup, params, step, out, command + " --transfers", args.runs, args.runs_784)
+    results = evaluate(setup, params, runs=args.runs, split=args.split)
+    doc = write_results(setup, results, out, command=command, meta_steps=step, train_s=None)
     for k, v in doc["metrics"].items():
         print(f"{k}: {v}")
-    print(f"wrote {out / 'results.json'} and {out / 'sinusoid.png'}")
+    print(f"wrote {out / 'results.json'} and {out / 'eval.png'}")
     return EXIT_OK
 
 
 def _saved_learner(config_path: str, learner_path: str):
     """(setup, params, None) for a config file and a learner .npz, with located errors."""
-    from mplp_graph.meta.run import build, load_params_file
+    from mplp_graph.meta.run import load_params_file
 
-    for path in (config_path, learner_path):
-        if not os.path.isfile(path):
-            raise UserError(f"{path}: no such file")
-    setup = build(_experiment_config(config_path))
+    if not os.path.isfile(learner_path):
+        raise UserError(f"{learner_path}: no such file")
+    setup = _setup(config_path)
     try:
         params = load_params_file(setup, learner_path)
     except (ValueError, OSError) as e:
@@ -196,22 +205,23 @@ def _saved_learner(config_path: str, learner_path: str):
     return setup, params, None
 
 
-def _eval_mnist(setup, params, step, out, command: str, transfers: bool = False, runs_784: int | None = None) -> int:
-    """MNIST protocol (reference-notes 5.6): MPLP, Adam(0.01), SGD(0.1), and with ``transfers``
-    the step activation and (784, 100, 10): accuracy after each step (Table 1, Fig. 4)."""
+def _eval_mnist(setup, params, step, out, command: str, runs: int | None = None, runs_784: int | None = None) -> int:
+    """The paper's Table 1 (reference-notes 5.6): MPLP, the config's baselines, the step
+    activation and (784, 100, 10): accuracy after each step (Fig. 4)."""
     import jax
 
     from mplp_graph.meta.checkpoint import atomic_write_json
     from mplp_graph.meta.eval_mnist import plot_accuracy, table1
-    from mplp_graph.meta.run import git_commit, load_mnist_splits
+    from mplp_graph.meta.run import baseline_optimizers, git_commit, method_key
 
     c = setup.config
-    prepared, _ = load_mnist_splits(c)
-    key = jax.random.PRNGKey(c.eval.seed)
-    metrics, curves, wall = table1(setup, params, prepared, key, c.eval.runs, adam_lr=c.eval.adam_lr, transfers=transfers, runs_784=runs_784)
+    runs = runs or c.eval.runs
+    baselines = {method_key(label): opt for label, opt in baseline_optimizers(c).items()}
+    metrics, curves, wall = table1(setup, params, jax.random.PRNGKey(c.eval.seed), runs, baselines=baselines, runs_784=runs_784,
+                                   split=c.eval.split)
     metrics["meta_steps"] = step
-    doc = {"experiment": c.experiment, "command": command, "git_commit": git_commit(), "runs": c.eval.runs,
-           "metrics": metrics, "wall_s": wall, "curves": curves, "config": c.model_dump(mode="json")}
+    doc = {"experiment": c.experiment, "command": command, "git_commit": git_commit(), "runs": runs,
+           "metrics": metrics, "wall_s": wall, "curves": curves, "config": c.to_json()}
     atomic_write_json(out / "results.json", doc)
     plot_accuracy(curves, out / "mnist.png")
     for k, v in metrics.items():
@@ -400,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase", default=None, help="draw only the arrows of this phase (e.g. forward, backward)")
     p.set_defaults(func=cmd_draw)
 
-    p = sub.add_parser("train", help="meta-train from an experiment config", description="Meta-train from an experiment config (YAML, see experiments/sinusoid/config.yaml): progress bar, metrics.jsonl, checkpoints; resumes from the latest checkpoint in RUN_DIR unless --no-resume.")
+    p = sub.add_parser("train", help="meta-train from an experiment config", description="Meta-train from an experiment config (YAML, see experiments/sinusoid/config.yaml; any graph with learner arrows through graph.file, see docs/custom-graph.md): progress bar, metrics.jsonl, checkpoints; resumes from the latest checkpoint in RUN_DIR unless --no-resume.")
     p.add_argument("config", metavar="CONFIG", help="experiment config YAML")
     p.add_argument("--run-dir", default="runs/train", help="folder for metrics and checkpoints (default runs/train)")
     p.add_argument("--steps", type=int, default=None, help="override meta.steps")
@@ -409,15 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
-        "eval", help="evaluate a trained run against Adam",
-        description="Evaluate the latest checkpoint of RUN_DIR, or a saved learner (--config and --learner), with the paper's "
-        "protocol against Adam (and SGD for MNIST); write results.json and a plot. Example without retraining: "
+        "eval", help="evaluate a trained run against its baselines",
+        description="Evaluate the latest checkpoint of RUN_DIR, or a saved learner (--config and --learner), with the task family's "
+        "protocol against the config's baselines (eval.baselines, default Adam(0.01)); write results.json and eval.png. MNIST with "
+        "--transfers: the paper's Table 1 (results.json, mnist.png). Example without retraining: "
         "mplp-graph eval --config experiments/mnist/config.yaml --learner experiments/mnist/learner.npz --transfers --out /tmp/mnist",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a folder written by 'train'")
     p.add_argument("--config", help="an experiment config (YAML), with --learner instead of RUN_DIR")
     p.add_argument("--learner", help="learner parameters (.npz, e.g. experiments/mnist/learner.npz) for --config's graph")
     p.add_argument("--runs", type=int, default=None, help="override eval.runs")
+    p.add_argument("--split", choices=("test", "validation"), default=None, help="override eval.split (validation: model selection)")
     p.add_argument("--transfers", action="store_true", help="MNIST: also the step activation and the (784, 100, 10) transfer (Table 1)")
     p.add_argument("--runs-784", type=int, default=None, help="MNIST: runs of the (784, 100, 10) transfer (default: --runs; 0 skips it)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR; required with --learner)")

@@ -68,7 +68,7 @@ def select(sweep_dir: Path, runs: int, key, every_checkpoint: bool = False) -> d
             if best is None or acc > rows[best]["val_acc20"]:
                 best, best_params = len(rows) - 1, params
     record = {
-        "sweep": str(sweep_dir), "config": config.model_dump(mode="json"), "steps_done": info.get("steps_done"),
+        "sweep": str(sweep_dir), "config": config.to_json(), "steps_done": info.get("steps_done"),
         "train_wall_s": info.get("train_wall_s"), "trained_on": info.get("device"), "train_note": info.get("train_note"),
         "commands": info.get("commands", [info.get("command")]),
         "runs": rows, "selected_run": rows[best]["run"], "selected_step": rows[best]["step"],

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mplp_graph.errors import MplpGraphError
@@ -283,3 +284,26 @@ def load_checkpoint(
             "the checkpoint was written for a different graph or config"
         )
     return out, manifest
+
+
+def save_params_file(path: str | Path, params: Any) -> None:
+    """Learner parameters alone (no optimizer state), as an ``.npz`` written atomically."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+    buf = io.BytesIO()
+    np.savez(buf, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves})
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load_params_like(template: Any, path: str | Path, *, stacked: bool = False) -> Any:
+    """The tree of ``template``'s structure saved in ``path`` by :func:`save_params_file`; each
+    array must have its leaf's shape, or ``(runs, *shape)`` when ``stacked`` (a sweep's runs)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    with np.load(path, allow_pickle=False) as data:
+        out = []
+        for p, v in leaves:
+            key = jax.tree_util.keystr(p)
+            if key not in data or (data[key].shape[1:] if stacked else data[key].shape) != v.shape:
+                want = f"(runs, *{v.shape})" if stacked else str(v.shape)
+                raise ValueError(f"{path}: no array {key} of shape {want}; the file was saved for another graph")
+            out.append(jnp.asarray(data[key]))
+    return jax.tree_util.tree_unflatten(treedef, out)

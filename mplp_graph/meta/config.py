@@ -15,8 +15,11 @@ class _Strict(BaseModel):
 
 
 class GraphConfig(_Strict):
-    """Arguments of :func:`mplp_graph.templates.mplp.mplp_feedforward`."""
+    """Either ``file``, a graph YAML file with learner arrows (any graph; a relative path is
+    relative to the config file's folder), or the arguments of
+    :func:`mplp_graph.templates.mplp.mplp_feedforward` (a dense net)."""
 
+    file: str | None = None
     sizes: tuple[int, ...] = (1, 20, 20, 1)
     activation: str = "relu"
     loss: Literal["l2", "ce"] = "l2"
@@ -31,9 +34,27 @@ class GraphConfig(_Strict):
     # learners over pieces of about this many agent-examples (0: whole tensors; docs/mplp.md)
     chunk_rows: int = Field(0, ge=0)
 
+    @model_validator(mode="after")
+    def _file_or_template(self):
+        template = sorted(self.model_fields_set - {"file"})
+        if self.file is not None and template:
+            raise ValueError(f"give either 'file' (a graph with learner arrows) or template arguments, not both; remove {', '.join(template)} "
+                             "(a graph file's learners are written in the file)")
+        return self
+
+
+# the built-in task families (mplp_graph.meta.run.FAMILIES); any other family is "module:callable"
+BUILTIN_FAMILIES = ("sinusoid", "mnist", "sequence", "linear")
+
 
 class TaskConfig(_Strict):
-    family: Literal["sinusoid", "mnist"] = "sinusoid"
+    """The task family: a built-in one (:data:`BUILTIN_FAMILIES`) or a user's, ``"module:callable"``
+    (``callable(**keywords)`` returns a :class:`mplp_graph.tasks.base.TaskFamily`; the module is
+    looked up beside the config file, then on the usual import path). ``inner_steps``, ``batch``
+    and ``cv_points`` (when set in the file, for a user family), the MNIST keys and ``args`` are
+    the family's keyword arguments."""
+
+    family: str = Field("sinusoid", pattern=r"^(sinusoid|mnist|sequence|linear|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
     inner_steps: int = Field(5, ge=1)
     batch: int = Field(10, ge=1)
     cv_points: int = Field(50, ge=1)
@@ -41,6 +62,7 @@ class TaskConfig(_Strict):
     # training images held out as the validation split (CV loss, model selection)
     image_size: int = Field(12, ge=1, le=28)
     validation: int = Field(5000, ge=1)
+    args: dict[str, Any] = {}  # more keyword arguments of the family (e.g. a sequence's window length)
 
 
 # what the backward pass keeps of each inner step (mplp_graph.meta.objectives.remat_policy)
@@ -79,10 +101,23 @@ class MetaConfig(_Strict):
         return self
 
 
+# optax optimizers a config may name as baselines (each called with its learning rate)
+BASELINES = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "nadam", "lion")
+
+
 class EvalConfig(_Strict):
+    """The evaluation protocol: ``runs`` runs (fresh random prior and task each) of the learned
+    protocol and of each baseline, an optax optimizer on the same forward net: ``baselines``
+    maps an optimizer's name to its learning rate (default ``{adam: adam_lr}``)."""
+
     runs: int = Field(100, ge=1)
-    adam_lr: float = 0.01
+    adam_lr: float = Field(0.01, gt=0)
+    baselines: dict[Literal[BASELINES], Annotated[float, Field(gt=0)]] | None = None
     seed: int = 12345
+    split: Literal["test", "validation"] = "test"  # validation: model selection, the test set unseen
+
+    def baseline_rates(self) -> dict[str, float]:
+        return dict(self.baselines) if self.baselines is not None else {"adam": self.adam_lr}
 
 
 class ExperimentConfig(_Strict):
@@ -92,11 +127,25 @@ class ExperimentConfig(_Strict):
     meta: MetaConfig = MetaConfig()
     eval: EvalConfig = EvalConfig()
 
+    def to_json(self) -> dict[str, Any]:
+        """The config as JSON data that validates again (a run folder's ``config.yaml``, results
+        files): a graph file's config leaves out the template arguments it does not use."""
+        data = self.model_dump(mode="json")
+        if self.graph.file is not None:
+            data["graph"] = {"file": self.graph.file}
+        return data
+
 
 def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     """Read and validate the experiment config file ``path`` (YAML). Raises
     :class:`mplp_graph.errors.ConfigError` whose issues say ``file:line:col key.path: what was
     expected, what was found, how to fix it``, as for graph files (duplicate keys included)."""
+    return load_experiment(path)[0]
+
+
+def load_experiment(path: str | os.PathLike) -> tuple[ExperimentConfig, Any]:
+    """:func:`load_experiment_config` and ``locate(key_path) -> Location`` in the file (for the
+    checks that need more than the schema: the graph file, the task family)."""
     from mplp_graph.config.load import validate_located
     from mplp_graph.config.yaml_nodes import MAX_BYTES, _decode
     from mplp_graph.errors import ConfigError, Location
@@ -107,8 +156,7 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     with open(filename, "rb") as f:
         raw = f.read(MAX_BYTES + 1)
     top = "the top level of an experiment config must be a mapping with keys such as " + ", ".join(ExperimentConfig.model_fields) + "; found {found}"
-    config, _ = validate_located(_decode(raw, filename), filename, ExperimentConfig, ConfigError, top)
-    return config
+    return validate_located(_decode(raw, filename), filename, ExperimentConfig, ConfigError, top)
 
 
 def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any], source: str = "override") -> ExperimentConfig:
@@ -120,7 +168,7 @@ def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any], source:
     from mplp_graph.config.issues import _validation_issues
     from mplp_graph.errors import ConfigError, Location
 
-    raw = config.model_dump(mode="json")
+    raw = config.to_json()
     for key, value in overrides.items():
         section, _, name = key.partition(".")
         if not name or not isinstance(raw.get(section), dict):

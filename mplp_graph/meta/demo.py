@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from mplp_graph.meta.config import ExperimentConfig, MetaConfig
-from mplp_graph.meta.run import build, evaluate, load_params_file, plot_sinusoid, train
+from mplp_graph.meta.run import build, evaluate, load_params_file, plot_results, train
 
 REPO_LEARNER = Path(__file__).resolve().parents[2] / "experiments" / "sinusoid" / "learner.npz"
 
@@ -25,7 +25,7 @@ def run_demo(meta_steps: int = 150, runs: int = 100, out: str | Path = "mplp-dem
     print(f"graph {setup.prog.spec.name}: {len(setup.prog.spec.groups)} groups, {len(setup.prog.spec.arrows)} arrows, "
           f"{n_params:,} learner parameters (stateful GRU learners, message 8, hidden 15)")
     t0 = time.perf_counter()
-    params, history = train(config, out / "run", resume=False, progress=progress)
+    params, history = train(setup, out / "run", resume=False, progress=progress)
     train_s = time.perf_counter() - t0
     k = max(1, min(20, len(history) // 4))
     first = float(np.mean([h["loss"] for h in history[:k]]))
@@ -37,10 +37,10 @@ def run_demo(meta_steps: int = 150, runs: int = 100, out: str | Path = "mplp-dem
     rows = {}
     for name, p in learners.items():
         res = evaluate(setup, p)
-        rows[name] = res["mplp"]["eval"]
-        rows.setdefault("Adam(0.01)", res["adam"]["eval"])
+        rows[name] = res["methods"]["MPLP"]["loss"]
+        rows.setdefault("Adam(0.01)", res["methods"]["Adam(0.01)"]["loss"])
         if name.startswith("MPLP, recorded") or len(learners) == 1:
-            plot_sinusoid(res, out / "demo.png")
+            plot_results(res, setup.family.metrics, out / "demo.png", f"{setup.prog.spec.name}: {name} vs Adam(0.01)")
     print(f"\nmean eval L2 over {runs} runs (fresh random prior and task each), by inner step:")
     steps = rows["Adam(0.01)"].shape[1]
     print(f"{'':46s}" + "".join(f"{s:>9d}" for s in range(steps)))

@@ -12,9 +12,9 @@ False, :func:`meta_train <mplp_graph.meta.train.meta_train>` does not apply the 
 3. when every arrow's outputs were finite (or there is no program to trace): the meta-loss and
    the meta-gradient, per leaf (its top-level keys are the share keys: arrow or learner names).
 
-The diagnosis needs the step function's parts (``prog``, ``sample_task``, ``batch_loss``): it is
-complete for :class:`MetaStep` and the MAML+MPLP :class:`JointStep`; for other step functions
-it reports what it can (parameters and loss).
+The diagnosis uses the step function's own interface (:class:`mplp_graph.meta.step.StepFunction`:
+``draw``, ``batch_loss``, ``inner``): it traces arrow by arrow for :class:`MetaStep` and the
+MAML+MPLP :class:`JointStep`, and reports parameters, loss and gradient for MAML.
 """
 
 from __future__ import annotations
@@ -203,65 +203,29 @@ def first_culprit(prog: Any, flags: dict[str, Any]) -> Culprit | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------
-# the failing step's tasks, as the step function draws them
-
-
-def _draw(step_fn: Any, params: Any, pool: Any, key: Any, data: Any) -> tuple[Any, Any, dict, Any] | None:
-    """``(learner params, priors, tasks, loss_fn)`` of the step at ``key``, drawn as the step
-    function draws them (see MetaStep.__call__ and maml.JointStep / MamlStep), or None."""
-    from mplp_graph.meta.train import MetaStep
-
-    sample_task = getattr(step_fn, "sample_task", None)
-    n = getattr(step_fn, "outer_batch", None)
-    if sample_task is None or n is None or not hasattr(step_fn, "batch_loss"):
-        return None
-    sample = sample_task if data is None else (lambda k: sample_task(k, data))
-
-    def loss_of(out):
-        return out[0] if isinstance(out, tuple) else out
-
-    if isinstance(step_fn, MetaStep):
-        k_pool, k_task = jax.random.split(key)
-        n_pool = jax.tree_util.tree_leaves(pool)[0].shape[0]
-        idx = jax.random.choice(k_pool, n_pool, (n,), replace=False)
-        priors = jax.tree_util.tree_map(lambda a: a[idx], pool)
-        tasks = jax.vmap(sample)(jax.random.split(k_task, n))
-        return params, priors, tasks, lambda p: loss_of(step_fn.batch_loss(p, priors, tasks))
-    tasks = jax.vmap(sample)(jax.random.split(key, n))
-
-    def loss_fn(p):
-        return loss_of(step_fn.batch_loss(p, tasks))
-
-    if isinstance(params, dict) and set(params) == {"learner", "prior"} and hasattr(step_fn, "prog"):
-        priors = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), params["prior"])
-        return params["learner"], priors, tasks, loss_fn
-    return None, None, tasks, loss_fn
-
-
 def diagnose(step_fn: Any, params: Any, pool: Any, key: Any, data: Any = None) -> Diagnosis:
-    """Find where the meta-step at ``key`` (the key the step function received) went non-finite."""
+    """Find where the meta-step at ``key`` (the key the step function received) went non-finite.
+    ``step_fn`` is a :class:`mplp_graph.meta.step.StepFunction`: its ``draw`` gives the step's
+    tasks and priors, its ``inner`` the learned protocol to trace (None: loss and gradient only)."""
     notes: list[str] = []
     bad_params = nonfinite_leaves(params, "params")
-    drawn = _draw(step_fn, params, pool, key, data)
-    if drawn is None:
-        notes.append(f"{type(step_fn).__name__} has no sample_task/outer_batch/batch_loss: no per-arrow diagnosis")
-        return Diagnosis(None, bad_params, (), (), None, tuple(notes))
-    learner, priors, tasks, loss_fn = drawn
-    bad_data = nonfinite_leaves(tasks, "task") + (nonfinite_leaves(priors, "prior") if priors is not None else ())
+    drawn = step_fn.draw(params, pool, key, data)
+    inner = step_fn.inner(params, drawn)
+    bad_data = nonfinite_leaves(drawn["tasks"], "task")
     culprit = None
-    prog = getattr(step_fn, "prog", None)
-    if prog is not None and learner is not None:
+    if inner is not None:
+        prog, learner, priors = inner
+        bad_data += nonfinite_leaves(priors, "prior")
         try:
-            culprit = first_culprit(prog, trace_inner_loop(prog, learner, priors, tasks))
+            culprit = first_culprit(prog, trace_inner_loop(prog, learner, priors, drawn["tasks"]))
         except MplpGraphError as e:  # e.g. a shuffled phase cannot report side outputs
             notes.append(f"no per-arrow trace: {e}")
     if culprit is not None:  # found in the forward computation: no need to compile the meta-gradient
         return Diagnosis(None, bad_params, (), bad_data, culprit, tuple(notes))
-    loss, grads = xla.jit(jax.value_and_grad(loss_fn))(params)
+    loss, grads = xla.jit(jax.value_and_grad(lambda p: step_fn.batch_loss(p, drawn)[0]))(params)
     loss = float(loss)
     bad_grads = nonfinite_leaves(grads, "grad")
-    if not jnp.isfinite(loss) and prog is not None and learner is not None and not notes:
+    if not jnp.isfinite(loss) and inner is not None and not notes:
         notes.append("every arrow's outputs were finite in the inner steps: the hint or CV loss itself is not finite")
     elif jnp.isfinite(loss) and bad_grads:
         notes.append("the loss is finite but its gradient is not: a non-finite derivative in the backward pass")

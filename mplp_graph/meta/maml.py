@@ -1,11 +1,9 @@
 """Learning a prior (MAML) and the protocol together (paper 4.1.2, Fig. 3; reference-notes 5.4),
 and the plain MAML baseline of the same notebook.
 
-Both meta-steps follow the calling convention of :func:`mplp_graph.meta.train.meta_train`,
-``step(params, opt_state, mask, pool, key) -> (params, opt_state, metrics)``, so they train with its
-atomic checkpoints and resume (an optional last argument ``data`` is handed to the task sampler,
-as ``MetaStep`` does). ``pool`` is unused (pass ``None``): every task starts from the one
-learned prior (the reference's ``same_pfw=True``).
+Both are :class:`mplp_graph.meta.step.StepFunction` s, so :func:`mplp_graph.meta.train.meta_train`
+trains them with its checkpoints, exact resume and NaN guard. ``pool`` is unused (pass
+``None``): every task starts from the one learned prior (the reference's ``same_pfw=True``).
 
 * :class:`JointStep`: params ``{"learner": <MPLP learner params>, "prior": <agent params>}``. The
   meta-loss is the CV loss only (no hint loss) after ``k`` MPLP steps from the prior. With
@@ -26,17 +24,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from mplp_graph import xla
 from mplp_graph.compile.pipeline import Program
+from mplp_graph.ir.spec import GraphSpec
 from mplp_graph.meta import batching
-from mplp_graph.meta.evaluate import _protocol, point_losses
+from mplp_graph.meta.evaluate import LearnedProtocol, Optimizer, evaluate, point_losses
 from mplp_graph.meta.objectives import MetaLoss, task_loss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import RaveledOptState, outer_update
-from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
-from mplp_graph.tasks.sinusoid import SinusoidFamily
+from mplp_graph.meta.step import StepFunction
+from mplp_graph.runtime.state import agent_params
+from mplp_graph.tasks.base import TaskFamily
 
 CV_ONLY = MetaLoss(hint_weight=0.0, cv_weight=1.0)  # h = None in the reference (notes 5.1)
 MAML_INNER_LR = 0.05  # the notebook's inner SGD rate (notes 5.4)
@@ -47,24 +46,18 @@ def random_prior(prog: Program, key: Any) -> dict[str, dict[str, Any]]:
     return agent_params(prog.spec, prog.init(key, 1))
 
 
-def sample_tasks(sample_task: Callable, key: Any, n: int, data: Any = None) -> dict[str, Any]:
-    """``n`` tasks, stacked. ``data`` (the family's arrays, as in ``MetaStep``): passed to
-    ``sample_task(key, data)`` when given."""
-    sample = sample_task if data is None else (lambda k: sample_task(k, data))
-    return jax.vmap(sample)(jax.random.split(key, n))
-
-
 # ---------------------------------------------------------------------------------------------
 # MAML + MPLP
 
 
 @dataclass(frozen=True)
-class JointStep(RaveledOptState):
+class JointStep(StepFunction):
     """One meta-step of the learner and the prior together; ``outer_batch`` tasks, vmapped or one
-    after another (``outer_batch_mode``, :mod:`mplp_graph.meta.batching`)."""
+    after another (``outer_batch_mode``, :mod:`mplp_graph.meta.batching`). Parameters
+    ``{"learner": ..., "prior": ...}``."""
 
     prog: Program
-    sample_task: Callable[[Any], dict[str, Any]]
+    sample_task: Callable[[Any, Any], dict[str, Any]]  # family.sample: (key, data) -> task
     outer_batch: int
     optimizer: optax.GradientTransformation
     objective: MetaLoss = CV_ONLY
@@ -73,20 +66,25 @@ class JointStep(RaveledOptState):
     def __post_init__(self):
         batching.resolve(self.outer_batch_mode)  # a known mode, checked when the step is built
 
-    def batch_loss(self, params: Any, tasks: dict[str, Any]) -> tuple[Any, dict]:
+    @property
+    def graph(self) -> GraphSpec:
+        return self.prog.spec
+
+    def draw(self, params: Any, pool: Any, key: Any, data: Any) -> dict[str, Any]:
+        return {"priors": None, "tasks": self.sample_tasks(self.sample_task, key, data)}  # the prior is in params
+
+    def batch_loss(self, params: Any, drawn: dict[str, Any]) -> tuple[Any, dict]:
         """Mean over tasks of the meta-loss, every task adapted from ``params["prior"]``."""
 
         def one(task):
             return task_loss(self.prog, self.objective, params["learner"], params["prior"], task)
 
-        losses, parts = batching.over_leading_axis(one, (tasks,), self.outer_batch_mode)
+        losses, parts = batching.over_leading_axis(one, (drawn["tasks"],), self.outer_batch_mode)
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
 
-    def __call__(self, params: Any, opt_state: Any, mask: Any, pool: Any, key: Any, data: Any = None):
-        tasks = sample_tasks(self.sample_task, key, self.outer_batch, data)
-        (loss, parts), grads = jax.value_and_grad(self.batch_loss, has_aux=True)(params, tasks)
-        params, opt_state, finite = outer_update(self.optimizer, params, opt_state, mask, loss, grads)
-        return params, opt_state, {"loss": loss, **parts, "finite": finite}
+    def inner(self, params: Any, drawn: dict[str, Any]) -> tuple[Program, Any, Any]:
+        n = self.outer_batch
+        return self.prog, params["learner"], jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *a.shape)), params["prior"])
 
 
 def initial_prior(prog: Program, key: Any) -> dict[str, dict[str, Any]]:
@@ -94,15 +92,17 @@ def initial_prior(prog: Program, key: Any) -> dict[str, dict[str, Any]]:
     return random_prior(prog, jax.random.fold_in(key, 1))
 
 
-def joint_params(prog: Program, family: SinusoidFamily, key: Any, stats_rounds: int = 1, stats_mix: float = 1.0) -> dict[str, Any]:
+def joint_params(prog: Program, family: TaskFamily, key: Any, stats_rounds: int = 1, stats_mix: float = 1.0) -> dict[str, Any]:
     """``{"learner", "prior"}`` at init: a random prior, and learner statistics from ``stats_rounds``
     rollouts of ``family.inner_steps`` steps run on that prior (J=1, K=2, p=1; notes 3.3, 5.4)."""
     prior = initial_prior(prog, key)
     learner = prog.init_params(jax.random.fold_in(key, 0))
     k_stats = jax.random.fold_in(key, 2)
 
+    data = family.load()
+
     def sample_round(k):
-        task = family.sample(k)
+        task = family.sample(k, data)
         return prior, task["xt"], task["yt"]
 
     if stats_rounds:
@@ -136,86 +136,61 @@ def maml_adapt(fwd: Program, prior: Any, xt: Any, yt: Any, lr: float = MAML_INNE
 
 
 @dataclass(frozen=True)
-class MamlStep(RaveledOptState):
+class MamlStep(StepFunction):
     """One MAML meta-step on the prior: CV loss after the inner SGD steps, mean over tasks."""
 
     fwd: Program
-    sample_task: Callable[[Any], dict[str, Any]]
+    sample_task: Callable[[Any, Any], dict[str, Any]]  # family.sample: (key, data) -> task
     outer_batch: int
     optimizer: optax.GradientTransformation
     inner_lr: float = MAML_INNER_LR
     first_order: bool = False
 
-    def batch_loss(self, prior: Any, tasks: dict[str, Any]) -> Any:
+    @property
+    def graph(self) -> GraphSpec:
+        return self.fwd.spec
+
+    def draw(self, params: Any, pool: Any, key: Any, data: Any) -> dict[str, Any]:
+        return {"priors": None, "tasks": self.sample_tasks(self.sample_task, key, data)}
+
+    def batch_loss(self, prior: Any, drawn: dict[str, Any]) -> tuple[Any, dict]:
         def one(task):
             net = maml_adapt(self.fwd, prior, task["xt"], task["yt"], self.inner_lr, self.first_order)
             return net_loss(self.fwd, net, task["xe"], task["ye"])
 
-        return jnp.mean(jax.vmap(one)(tasks))
-
-    def __call__(self, params: Any, opt_state: Any, mask: Any, pool: Any, key: Any, data: Any = None):
-        tasks = sample_tasks(self.sample_task, key, self.outer_batch, data)
-        loss, grads = jax.value_and_grad(self.batch_loss)(params, tasks)
-        params, opt_state, finite = outer_update(self.optimizer, params, opt_state, mask, loss, grads)
-        # "hint"/"cv": the keys meta_train logs (MAML has no hint loss)
-        return params, opt_state, {"loss": loss, "hint": jnp.zeros(()), "cv": loss, "finite": finite}
+        loss = jnp.mean(jax.vmap(one)(drawn["tasks"]))
+        return loss, {"cv": loss}  # the CV loss is the meta-loss: MAML has no hint loss
 
 
-def evaluate_maml(fwd: Program, prior: Any, family: SinusoidFamily, key: Any, runs: int = 100, lr: float = MAML_INNER_LR) -> dict:
+def evaluate_maml(fwd: Program, prior: Any, family: TaskFamily, key: Any, runs: int = 100, lr: float = MAML_INNER_LR, **kw: Any) -> dict:
     """MAML's evaluation (notes 5.4, 5.6): SGD(``lr``) from ``prior``, one step per inner batch,
-    through the same protocol as :func:`mplp_graph.meta.evaluate.evaluate_mplp` (same tasks for a
-    given ``key``)."""
-
-    def one(k):
-        _, kt = jax.random.split(k)
-        task = family.sample(kt)
-        return _protocol(fwd, family, task, prior, lambda net, x, y: sgd_step(fwd, net, x, y, lr), lambda net: net)
-
-    return xla.jit(jax.vmap(one))(jax.random.split(key, runs))
+    through :func:`mplp_graph.meta.evaluate.evaluate` (the tasks of ``evaluate_mplp`` with the
+    same key)."""
+    return evaluate(Optimizer(fwd, optax.sgd(lr)), {"prior": prior}, family, fwd, key, runs, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
 # fits after every step (Fig. 3)
 
 
-def _trace(fwd: Program, family: SinusoidFamily, task: dict, init: Any, update: Callable, net_of: Callable) -> dict:
-    xg, yg = family.eval_grid(task)
-
-    def predict(carry):
-        return point_losses(fwd, {}, net_of(carry), xg, yg)[1][:, 0]
-
-    def body(carry, xy):
-        carry = update(carry, *xy)
-        return carry, predict(carry)
-
-    _, preds = jax.lax.scan(body, init, (task["xt"], task["yt"]))
-    return {"x": xg[:, 0], "y": yg[:, 0], "pred": jnp.concatenate([predict(init)[None], preds]), "xt": task["xt"][..., 0], "yt": task["yt"][..., 0]}
+def _fits(result: dict, family: TaskFamily, key: Any, runs: int) -> dict:
+    tasks, _ = family.eval_tasks(key, runs, family.load())
+    xs, ys = np.asarray(tasks["xs"][:, 0]), np.asarray(tasks["ys"][:, 0])
+    return {"x": xs[..., 0], "y": ys[..., 0], "pred": result["preds"][..., 0],
+            "xt": np.asarray(tasks["xt"])[..., 0], "yt": np.asarray(tasks["yt"])[..., 0]}
 
 
-def trace_mplp(prog: Program, fwd: Program, params: Any, family: SinusoidFamily, key: Any, runs: int, prior: Any = None) -> dict:
-    """Predictions on the eval grid before and after every MPLP step: ``pred`` (runs, k+1, 100).
-    The runs draw the same tasks (and random priors) as ``evaluate_mplp`` with the same key."""
-
-    def one(k):
-        kp, kt = jax.random.split(k)
-        net = prior if prior is not None else random_prior(prog, kp)
-        task = family.sample(kt)
-        state = prog.carry_of(with_agent_params(zeros_state(prog.spec, family.batch), net))
-        update = lambda s, x, y: prog.step_carry(params, s, {"x": x, "y": y})[0]
-        return _trace(fwd, family, task, state, update, lambda s: agent_params(prog.spec, s))
-
-    return xla.jit(jax.vmap(one))(jax.random.split(key, runs))
+def trace_mplp(prog: Program, fwd: Program, params: Any, family: TaskFamily, key: Any, runs: int, prior: Any = None) -> dict:
+    """Predictions on the evaluation grid before and after every MPLP step: ``pred`` (runs, k+1,
+    N). The runs draw the same tasks (and random priors) as ``evaluate_mplp`` with the same key."""
+    result = evaluate(LearnedProtocol(prog), {"learner": params, "prior": prior}, family, fwd, key, runs, trace=True)
+    return _fits(result, family, key, runs)
 
 
-def trace_maml(fwd: Program, prior: Any, family: SinusoidFamily, key: Any, runs: int, lr: float = MAML_INNER_LR) -> dict:
+def trace_maml(fwd: Program, prior: Any, family: TaskFamily, key: Any, runs: int, lr: float = MAML_INNER_LR) -> dict:
     """Like :func:`trace_mplp` for MAML's SGD steps from ``prior`` (the tasks of ``evaluate_maml``)."""
-
-    def one(k):
-        _, kt = jax.random.split(k)
-        task = family.sample(kt)
-        return _trace(fwd, family, task, prior, lambda net, x, y: sgd_step(fwd, net, x, y, lr), lambda net: net)
-
-    return xla.jit(jax.vmap(one))(jax.random.split(key, runs))
+    result = evaluate(Optimizer(fwd, optax.sgd(lr)), {"prior": prior}, family, fwd, key, runs, trace=True)
+    return _fits(result, family, key, runs)
 
 
 def shape_correlation(trace: dict) -> Any:
@@ -224,5 +199,5 @@ def shape_correlation(trace: dict) -> Any:
     p = trace["pred"] - trace["pred"].mean(-1, keepdims=True)
     y = (trace["y"] - trace["y"].mean(-1, keepdims=True))[:, None, :]
     num = (p * y).sum(-1)
-    den = jnp.sqrt((p * p).sum(-1) * (y * y).sum(-1))
-    return jnp.where(den > 1e-12, num / jnp.maximum(den, 1e-12), 0.0)
+    den = np.sqrt((p * p).sum(-1) * (y * y).sum(-1))
+    return np.where(den > 1e-12, num / np.maximum(den, 1e-12), 0.0)

@@ -3,78 +3,209 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
 import platform
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
 
 from mplp_graph.compile.pipeline import Program, compile_graph
-from mplp_graph.meta.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_json,
-    latest_checkpoint,
-    load_checkpoint,
-)
-from mplp_graph.meta.config import ExperimentConfig, load_experiment_config
+from mplp_graph.errors import ConfigError, GraphSpecError, Location, MplpGraphError
+from mplp_graph.ir.spec import GraphSpec, ScheduleSpec
+from mplp_graph.meta.checkpoint import atomic_write_bytes, atomic_write_json, latest_checkpoint, load_checkpoint, load_params_like
+from mplp_graph.meta.config import ExperimentConfig, load_experiment
 from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import FAST_COMPILE, MetaStep, adam, make_pool, meta_train, trainable_mask
-from mplp_graph.runtime.state import agent_params
-from mplp_graph.tasks.sinusoid import SinusoidFamily
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.train import FAST_COMPILE, meta_train
+from mplp_graph.runtime.state import agent_params, stored_shape
+from mplp_graph.tasks.base import TASK_KEYS, check_family, lower_is_better
 from mplp_graph.templates.feedforward import feedforward
 from mplp_graph.templates.mplp import mplp_feedforward
+
+# the built-in task families, by the name an experiment config gives them
+FAMILIES = {
+    "sinusoid": "mplp_graph.tasks.sinusoid:SinusoidFamily",
+    "mnist": "mplp_graph.tasks.mnist:MnistFamily",
+    "sequence": "mplp_graph.tasks.sequence:SineContinuation",
+    "linear": "mplp_graph.tasks.linear:LinearTeacher",
+}
+LEARNER_HOW_TO = "docs/custom-graph.md, 'Making it MPLP-trained'"
 
 
 @dataclass(frozen=True)
 class Setup:
+    """Everything a run needs, built from its config by :func:`build`."""
+
     config: ExperimentConfig
     prog: Program  # the net trained by the learned protocol
     fwd: Program  # the same net, forward only (baselines, evaluation)
-    family: Any  # SinusoidFamily | MnistFamily
-    data: Any = None  # the family's arrays (MNIST: meta_splits), None for the sinusoid
+    family: Any  # a TaskFamily (mplp_graph.tasks.base)
+    data: Any = None  # the family's arrays (family.load()), None for synthetic families
+    base_dir: Path | None = None  # the config file's folder (relative paths)
 
     def sample(self, key: Any) -> dict[str, Any]:
-        return self.family.sample(key) if self.data is None else self.family.sample(key, self.data)
+        return self.family.sample(key, self.data)
 
 
-def load_mnist_splits(config: ExperimentConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """``(prepared, meta)``: the preprocessed data set (train/test, for evaluation) and the
-    meta-training arrays (train minus validation, validation) as device arrays."""
-    from mplp_graph.tasks.mnist import load_mnist, meta_splits, preprocess
-
-    t = config.task
-    prepared = preprocess(load_mnist(), t.image_size)
-    return prepared, {k: jnp.asarray(v) for k, v in meta_splits(prepared, t.validation).items()}
+def _locator(locate: Callable | None, source: str) -> Callable[[str], Location]:
+    return locate if locate is not None else (lambda path: Location(file=source, path=path))
 
 
-def build(config: ExperimentConfig, *, data: Any = None) -> Setup:
-    """Programs and task family for ``config``. MNIST data are loaded unless ``data`` (the
-    arrays of :func:`mplp_graph.tasks.mnist.meta_splits`) is given."""
-    g = config.graph
+def make_family(task: Any, base_dir: Path | None = None, locate: Callable | None = None) -> Any:
+    """The task family of a config's ``task`` section: a built-in one or ``"module:callable"``
+    (looked up beside the config file, then on the import path), called with the section's keys;
+    a located :class:`ConfigError` when it does not import, does not take those keys or does not
+    follow :class:`mplp_graph.tasks.base.TaskFamily`."""
+    loc = _locator(locate, "config")
+    target = FAMILIES.get(task.family, task.family)
+    module_name, _, attr = target.partition(":")
+    path = [str(base_dir)] if base_dir is not None else []
+    sys.path[:0] = path + [os.getcwd()]
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - any failure to import is the user's to fix
+        raise ConfigError(f"cannot import module {module_name!r} ({type(e).__name__}: {e}); a user family is 'module:callable' with the "
+                          "module a .py file beside the config file or on the Python path", loc("task.family")) from None
+    finally:
+        del sys.path[: len(path) + 1]
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"module {module_name!r} has no callable {attr!r}; name a class or function that returns a task family", loc("task.family"))
+    kwargs: dict[str, Any] = {}
+    common = ("inner_steps", "batch", "cv_points")
+    if task.family in FAMILIES:
+        kwargs.update({k: getattr(task, k) for k in common})
+        if task.family == "mnist":
+            kwargs.update(image_size=task.image_size, validation=task.validation)
+    else:
+        kwargs.update({k: getattr(task, k) for k in common if k in task.model_fields_set})
+    kwargs.update(task.args)
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{target} cannot be called with {sorted(kwargs)}: {e}; remove or rename the key under task (or task.args)",
+                          loc("task.args" if task.args else "task.family")) from None
+    except ValueError:  # no signature to check (a builtin): call it
+        pass
+    try:
+        family = factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{target}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: {e}", loc("task")) from None
+    problems = check_family(family, target)
+    if problems:
+        raise ConfigError("; ".join(problems), loc("task.family"))
+    return family
+
+
+def forward_only(spec: GraphSpec) -> GraphSpec:
+    """The graph's forward phase alone (the baselines' net and the evaluation's measuring net):
+    the arrows of phase ``forward``, one phase per step."""
+    arrows = tuple(a for a in spec.arrows if a.phase == "forward")
+    sched = spec.schedule
+    schedule = ScheduleSpec(
+        phases={k: v for k, v in sched.phases.items() if k == "forward"}, step=("forward",),
+        random={k: v for k, v in sched.random.items() if k == "forward"}, rng=sched.rng if "forward" in sched.random else None,
+    )
+    return spec.model_copy(update={"name": f"{spec.name}_forward", "arrows": arrows, "schedule": schedule})
+
+
+def _graph_file(g: Any, base_dir: Path | None, loc: Callable) -> tuple[Program, Program]:
+    from mplp_graph.config.load import load_graph
+
+    path = Path(g.file)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise ConfigError(f"no such graph file {str(path)!r} (relative paths are relative to the config file's folder)", loc("graph.file"))
+    spec = load_graph(path)  # located errors in the graph file itself
+    prog = compile_graph(spec)
+    if not any(plan.op.init is not None for plan in prog.plans):
+        raise ConfigError(f"graph {spec.name!r} ({path}) has no learner arrows (arrows whose op has parameters, such as mplp_gru or mplp_mlp): "
+                          f"there is nothing to meta-train; write its update rule as learner arrows ({LEARNER_HOW_TO})", loc("graph.file"))
+    missing = [k for k in ("loss", "pred") if k not in spec.outputs]
+    if missing:
+        raise ConfigError(f"graph {spec.name!r} ({path}) has no output(s) {missing}: meta-training reads outputs 'loss' (elementwise loss) "
+                          "and 'pred' (predictions); add them under outputs:", loc("graph.file"))
+    return prog, compile_graph(forward_only(spec))
+
+
+def _template(g: Any) -> tuple[Program, Program]:
     spec = mplp_feedforward(
         g.sizes, g.activation, g.loss, learner=g.learner, msg=g.msg, hidden=g.hidden, sharing=g.sharing,
         out_scale_init=g.out_scale_init, matmul=g.matmul, first_layer=g.first_layer, chunk_rows=g.chunk_rows,
     )
     fwd = feedforward(g.sizes, "relu" if g.activation == "step" else g.activation, g.loss, protocol="none")
-    t = config.task
-    if t.family == "mnist":
-        from mplp_graph.tasks.mnist import MnistFamily
+    return compile_graph(spec), compile_graph(fwd)
 
-        if data is None:
-            data = load_mnist_splits(config)[1]
-        family = MnistFamily(inner_steps=t.inner_steps, batch=t.batch, cv_points=t.cv_points)
-    else:
-        family = SinusoidFamily(inner_steps=t.inner_steps, batch=t.batch, cv_points=t.cv_points)
-    return Setup(config, compile_graph(spec), compile_graph(fwd), family, data)
+
+def check_task_fits_graph(prog: Program, family: Any, data: Any, loc: Callable[[str], Location]) -> None:
+    """Located errors when the family's tasks cannot feed the graph: its batch keys (``x``,
+    ``y``), the shapes of one example, and learner arrows reading a field that nothing fills."""
+    spec = prog.spec
+    if set(spec.inputs) != {"x", "y"}:
+        raise ConfigError(f"graph {spec.name!r} takes batch keys {sorted(spec.inputs)}; the learning layer feeds 'x' (inputs) and 'y' "
+                          "(targets): name the graph's inputs x and y", loc("graph"))
+    shapes = jax.eval_shape(lambda k: family.sample(k, data), jax.random.PRNGKey(0))
+    missing = [k for k in TASK_KEYS if k not in shapes]
+    if missing:
+        raise ConfigError(f"the task family's sample() returns no {missing} (it must give {list(TASK_KEYS)}; mplp_graph.tasks.base)", loc("task.family"))
+    want_kb = (family.inner_steps, family.batch)
+    for key, ref in spec.inputs.items():
+        gname, fname = ref.split(".")
+        group = spec.groups[gname]
+        need = stored_shape(group, group.state[fname], 1)[1:]
+        got = shapes[f"{key}t"].shape
+        if tuple(got[:2]) != want_kb or tuple(got[2:]) != tuple(need):
+            raise ConfigError(f"the task family's inner batches {key}t have shape {tuple(got)}, the graph's {ref} needs (inner_steps, batch, *{tuple(need)}) = "
+                              f"{want_kb + tuple(need)}; change the family's arguments or the graph", loc("task"))
+        got_e = shapes[f"{key}e"].shape
+        if tuple(got_e[1:]) != tuple(need):
+            raise ConfigError(f"the task family's held-out {key}e have shape {tuple(got_e)}, the graph's {ref} needs (points, *{tuple(need)})", loc("task"))
+    fed = {tuple(ref.split(".")) for ref in spec.inputs.values()}
+    written = {(a.dst, a.into) for a in spec.arrows if a.into} | {(a.src, f) for a in spec.arrows for f in a.updates}
+    for plan in prog.plans:
+        if plan.op.init is None:
+            continue
+        arrow = spec.arrow(plan.name)
+        for f in arrow.inputs:
+            field = spec.groups[arrow.src].state[f]
+            if (arrow.src, f) not in fed | written and field.batched and field.init.kind == "zeros":
+                raise ConfigError(f"learner arrow {arrow.name!r} reads {arrow.src}.{f}, which no arrow writes and no batch key feeds (the graph's "
+                                  f"inputs: {dict(spec.inputs)}), so it is always zero; feed it from the task through inputs: or write it with an arrow",
+                                  loc("graph.file"))
+
+
+def build(config: ExperimentConfig, *, data: Any = None, base_dir: str | Path | None = None, locate: Callable | None = None) -> Setup:
+    """Programs, task family and data for ``config``. ``base_dir``: the config file's folder
+    (relative graph files, user families); ``data``: the family's arrays when already loaded;
+    ``locate``: key path -> Location in the config file (errors)."""
+    base = Path(base_dir) if base_dir is not None else None
+    loc = _locator(locate, "config")
+    family = make_family(config.task, base, loc)
+    prog, fwd = _graph_file(config.graph, base, loc) if config.graph.file is not None else _template(config.graph)
+    if data is None:
+        data = family.load()
+    check_task_fits_graph(prog, family, data, loc)
+    return Setup(config, prog, fwd, family, data, base)
+
+
+def load_setup(config_path: str | Path) -> Setup:
+    """:func:`build` for a config file (errors located in it)."""
+    config, locate = load_experiment(config_path)
+    return build(config, base_dir=Path(config_path).resolve().parent, locate=locate)
 
 
 def initial_params(setup: Setup) -> Any:
@@ -85,7 +216,7 @@ def initial_params(setup: Setup) -> Any:
 
     def draw(k, data):
         kp, kt = jax.random.split(k)
-        task = setup.family.sample(kt) if data is None else setup.family.sample(kt, data)
+        task = setup.family.sample(kt, data)
         return agent_params(setup.prog.spec, setup.prog.init(kp, 1)), task["xt"], task["yt"]
 
     # one compiled program per draw (op by op, each small op compiled its own: ~2 s); the data
@@ -103,11 +234,26 @@ def optimizer(config: ExperimentConfig):
     return adam(m.lr, m.lr_schedule, m.steps, m.lr_final)
 
 
-def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> tuple[Any, list]:
+def write_run_config(setup: Setup, run_dir: Path) -> None:
+    """The run folder's ``config.yaml`` (and ``graph.yaml``, a copy of a graph file's graph, so
+    the folder evaluates and resumes on its own)."""
+    from mplp_graph.config.load import dump_graph
+
+    data = setup.config.to_json()
+    if setup.config.graph.file is not None:
+        atomic_write_bytes(run_dir / "graph.yaml", dump_graph(setup.prog.spec).encode())
+        data["graph"] = {"file": "graph.yaml"}
+    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(data, sort_keys=False).encode())
+
+
+def train(config: ExperimentConfig | Setup, run_dir: str | Path, *, resume: bool = True, progress: bool = True) -> tuple[Any, list]:
+    """Meta-train ``config`` (or an already built :class:`Setup`) into ``run_dir``. The config is
+    checked completely (graph, task family, shapes) before anything is written."""
+    setup = config if isinstance(config, Setup) else build(config)
+    config = setup.config
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
-    setup = build(config)
+    write_run_config(setup, run_dir)
     m = config.meta
     params = initial_params(setup)
     step_fn = meta_step(setup)
@@ -119,7 +265,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, *, resume: bool = True,
     return meta_train(
         step_fn, params, trainable_mask(params), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
         checkpoint_every=m.checkpoint_every, resume=resume, progress=progress,
-        meta={"experiment": config.experiment, "config": config.model_dump(mode="json")}, data=setup.data,
+        meta={"experiment": config.experiment, "config": config.to_json()}, data=setup.data,
     )
 
 
@@ -137,46 +283,22 @@ def meta_step(setup: Setup) -> MetaStep:
 
 
 def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:
+    """The setup of a run folder written by :func:`train` and the parameters of its newest
+    checkpoint."""
     run_dir = Path(run_dir)
-    config = load_experiment_config(run_dir / "config.yaml")
-    setup = build(config)
-    params = setup.prog.init_params(jax.random.PRNGKey(0))
+    setup = load_setup(run_dir / "config.yaml")
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint; run training first")
     # the parameters alone: the optimizer state stored beside them is not needed to evaluate
-    trees, manifest = load_checkpoint(ckpt, {"params": params}, graph=setup.prog.spec)
+    trees, manifest = load_checkpoint(ckpt, {"params": setup.prog.init_params(jax.random.PRNGKey(0))}, graph=setup.prog.spec)
     return setup, trees["params"], int(manifest["step"])
 
 
-def save_params_file(path: str | Path, params: Any) -> None:
-    """Learner parameters alone (no optimizer state), as an ``.npz`` written atomically."""
-    import io
-
-    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
-    buf = io.BytesIO()
-    np.savez(buf, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves})
-    atomic_write_bytes(Path(path), buf.getvalue())
-
-
 def load_params_file(setup: Setup, path: str | Path) -> Any:
-    """Learner parameters saved by :func:`save_params_file`, checked against the graph."""
+    """Learner parameters saved by :func:`mplp_graph.meta.checkpoint.save_params_file`, checked
+    against the graph."""
     return load_params_like(setup.prog.init_params(jax.random.PRNGKey(0)), path)
-
-
-def load_params_like(template: Any, path: str | Path, *, stacked: bool = False) -> Any:
-    """The tree of ``template``'s structure saved in ``path`` by :func:`save_params_file`; each
-    array must have its leaf's shape, or ``(runs, *shape)`` when ``stacked`` (a sweep's runs)."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    with np.load(path, allow_pickle=False) as data:
-        out = []
-        for p, v in leaves:
-            key = jax.tree_util.keystr(p)
-            if key not in data or (data[key].shape[1:] if stacked else data[key].shape) != v.shape:
-                want = f"(runs, *{v.shape})" if stacked else str(v.shape)
-                raise ValueError(f"{path}: no array {key} of shape {want}; the file was saved for another graph")
-            out.append(jnp.asarray(data[key]))
-    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def git_commit() -> str:
@@ -186,74 +308,113 @@ def git_commit() -> str:
         return "unknown"
 
 
-def evaluate(setup: Setup, params: Any) -> dict[str, Any]:
+def baseline_optimizers(config: ExperimentConfig) -> dict[str, optax.GradientTransformation]:
+    """``{label: optimizer}`` of the config's baselines, e.g. ``{"Adam(0.01)": optax.adam(0.01)}``."""
+    names = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad", "nadam": "NAdam", "lion": "Lion"}
+    return {f"{names[n]}({lr:g})": getattr(optax, n)(lr) for n, lr in config.eval.baseline_rates().items()}
+
+
+def evaluate(setup: Setup, params: Any, *, runs: int | None = None, split: str | None = None) -> dict[str, Any]:
+    """The learned protocol ``params`` and every baseline of the config through the evaluation
+    harness, on the same tasks and random priors: ``{"methods": {label: {metric: (runs, K+1),
+    ...}}, "eval_s": seconds}``; the learned protocol's label is ``"MPLP"``."""
     e = setup.config.eval
     key = jax.random.PRNGKey(e.seed)
+    kw = dict(data=setup.data, split=split or e.split)
+    runs = runs or e.runs
     t0 = time.perf_counter()
-    mplp = jax.tree_util.tree_map(np.asarray, evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, e.runs))
-    adam_r = jax.tree_util.tree_map(np.asarray, evaluate_optax(setup.fwd, optax.adam(e.adam_lr), setup.family, key, e.runs))
-    return {"mplp": mplp, "adam": adam_r, "eval_s": time.perf_counter() - t0}
+    methods = {"MPLP": evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, runs, **kw)}
+    for label, opt in baseline_optimizers(setup.config).items():
+        methods[label] = evaluate_optax(setup.fwd, opt, setup.family, key, runs, **kw)
+    return {"methods": methods, "eval_s": time.perf_counter() - t0}
 
 
-def plot_sinusoid(results: dict[str, Any], path: Path) -> None:
-    """A figure like the paper's Fig. 2: an example fit and mean +- std loss curves."""
+def method_key(label: str) -> str:
+    """``"Adam(0.01)"`` -> ``"adam"``, ``"MPLP"`` -> ``"mplp"``: the prefix of its metric names."""
+    return label.split("(")[0].lower()
+
+
+def summarize(results: dict[str, Any], metrics: tuple[str, ...]) -> tuple[dict[str, float], dict[str, list]]:
+    """``(metrics, curves)``: for each method and metric, ``{method}_{metric}_final`` (mean over
+    runs after the last inner step) and ``_final_std``; curves ``{method}_{metric}_mean/_std``."""
+    out: dict[str, float] = {}
+    curves: dict[str, list] = {}
+    for label, r in results["methods"].items():
+        name = method_key(label)
+        for metric in metrics:
+            v = np.asarray(r[metric])
+            out[f"{name}_{metric}_final"] = float(v[:, -1].mean())
+            out[f"{name}_{metric}_final_std"] = float(v[:, -1].std())
+            curves[f"{name}_{metric}_mean"] = v.mean(0).tolist()
+            curves[f"{name}_{metric}_std"] = v.std(0).tolist()
+    return out, curves
+
+
+def plot_results(results: dict[str, Any], metrics: tuple[str, ...], path: Path, title: str = "") -> None:
+    """One panel per metric (mean +- std over runs after each inner step, one line per method);
+    a first panel with run 0's fit when inputs and targets are scalars (e.g. the sinusoid)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    m, a = results["mplp"], results["adam"]
-    ax = axes[0]
-    ax.plot(m["x"][0], m["y"][0], "k--", label="target")
-    ax.plot(m["x"][0], m["pred"][0], label="MPLP after k steps")
-    ax.plot(a["x"][0], a["pred"][0], label="Adam(0.01) after k steps")
-    ax.set_title("example fit (run 0)")
-    ax.legend()
-    for ax, key, title in ((axes[1], "eval", "eval L2 (100 points on the domain)"), (axes[2], "train", "train L2 (points seen so far)")):
-        for name, r in (("MPLP", m), ("Adam(0.01)", a)):
-            mu, sd = r[key].mean(0), r[key].std(0)
-            steps = np.arange(len(mu)) + (0 if key == "eval" else 1)
-            ax.plot(steps, mu, marker="o", label=name)
-            ax.fill_between(steps, np.maximum(mu - sd, 1e-6), mu + sd, alpha=0.2)
-        ax.set_yscale("log")
+    methods = results["methods"]
+    first = next(iter(methods.values()))
+    example = first["example_x"].ndim == 2 and first["example_x"].shape[1] == 1 and first["pred"].shape[-1] == 1
+    n = len(metrics) + int(example)
+    fig, axes = plt.subplots(1, n, figsize=(4.8 * n, 4), squeeze=False)
+    axes = list(axes[0])
+    if example:
+        ax = axes.pop(0)
+        order = np.argsort(first["example_x"][:, 0])
+        ax.plot(first["example_x"][order, 0], first["example_y"][order, 0], "k--", label="target")
+        for label, r in methods.items():
+            ax.plot(first["example_x"][order, 0], r["pred"][0][order, 0], label=f"{label}, after the last step")
+        ax.set_title("run 0: fit after the last inner step", fontsize=9)
+        ax.legend(fontsize=7)
+    for ax, metric in zip(axes, metrics):
+        log = lower_is_better(metric)
+        for label, r in methods.items():
+            v = np.asarray(r[metric])
+            mu, sd = v.mean(0), v.std(0)
+            steps = np.arange(len(mu))
+            ax.plot(steps, mu, marker="o", label=label)
+            ax.fill_between(steps, np.maximum(mu - sd, 1e-6) if log else mu - sd, mu + sd, alpha=0.15)
+        if log:
+            ax.set_yscale("log")
         ax.set_xlabel("inner step")
-        ax.set_title(title)
-        ax.legend()
+        ax.set_title(f"{metric} (mean +- std over {np.asarray(first[metric]).shape[0]} runs)", fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
     plt.close(fig)
 
 
-def write_results(setup: Setup, results: dict[str, Any], out_dir: Path, *, command: str, meta_steps: int, train_s: float | None) -> dict:
-    m, a = results["mplp"], results["adam"]
-    k = setup.family.inner_steps
+def write_results(setup: Setup, results: dict[str, Any], out_dir: Path, *, command: str, meta_steps: int | None, train_s: float | None) -> dict:
+    """``results.json`` and ``eval.png`` in ``out_dir``: the final metrics, curves, command,
+    commit, machine and config."""
+    metrics = tuple(setup.family.metrics)
+    numbers, curves = summarize(results, metrics)
+    runs = int(np.asarray(next(iter(results["methods"].values()))[metrics[0]]).shape[0])
     doc = {
         "experiment": setup.config.experiment,
+        "graph": setup.prog.spec.name,
         "command": command,
         "git_commit": git_commit(),
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()} {jax.devices()[0].platform}, {jax.local_device_count()} device(s), jax {jax.__version__}",
-        "runs": int(m["eval"].shape[0]),
+        "runs": runs,
+        "split": setup.config.eval.split,
         "wall_s": {"meta_train": train_s, "eval": results["eval_s"]},
-        "metrics": {
-            f"mplp_eval_l2_step{k}": float(m["eval"][:, k].mean()),
-            f"mplp_eval_l2_step{k}_std": float(m["eval"][:, k].std()),
-            f"adam_eval_l2_step{k}": float(a["eval"][:, k].mean()),
-            f"adam_eval_l2_step{k}_std": float(a["eval"][:, k].std()),
-            "meta_steps": meta_steps,
-        },
-        "curves": {
-            "mplp_eval_mean": m["eval"].mean(0).tolist(),
-            "mplp_eval_std": m["eval"].std(0).tolist(),
-            "mplp_train_mean": m["train"].mean(0).tolist(),
-            "adam_eval_mean": a["eval"].mean(0).tolist(),
-            "adam_eval_std": a["eval"].std(0).tolist(),
-            "adam_train_mean": a["train"].mean(0).tolist(),
-        },
-        "config": setup.config.model_dump(mode="json"),
+        "metrics": {**numbers, "meta_steps": meta_steps},
+        "curves": curves,
+        "config": setup.config.to_json(),
     }
     atomic_write_json(out_dir / "results.json", doc)
-    plot_sinusoid(results, out_dir / "sinusoid.png")
+    plot_results(results, metrics, out_dir / "eval.png", f"{setup.prog.spec.name}: {setup.config.experiment}")
     return doc

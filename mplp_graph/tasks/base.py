@@ -8,7 +8,8 @@ draws tasks. Every family, built in (sinusoid, MNIST, sequences, linear teachers
 * ``inner_steps`` (``K``) and ``batch`` (``B``): the inner loop's length and batch size;
 * ``metrics``: the per-step evaluation metrics it declares, the first one primary (``"loss"``:
   the graph's mean elementwise loss, lower is better; ``"accuracy"``: argmax agreement in
-  percent, higher is better; :data:`METRICS`);
+  percent, higher is better; ``"seen_loss"``: the loss on the inner batches seen so far;
+  :data:`METRICS`);
 * ``load()``: the family's arrays (a data set), loaded once and handed back to ``sample`` and
   ``eval_tasks`` as ``data``, so that meta-steps take them as an argument instead of baking them
   into the compiled program; ``None`` for synthetic families;
@@ -43,6 +44,9 @@ from typing import Any, Protocol, runtime_checkable
 METRICS = {
     "loss": ("lower", "mean elementwise loss of the graph's loss output"),
     "accuracy": ("higher", "percentage of examples whose argmax prediction is the argmax target"),
+    # measured on the inner batches, not on xs: after i updates, the mean loss over every example
+    # of batches 1..i (the examples seen so far); at step 0, over the first batch
+    "seen_loss": ("lower", "mean elementwise loss on the inner-batch examples seen so far"),
 }
 SPLITS = ("test", "validation")
 TASK_KEYS = ("xt", "yt", "xe", "ye")

@@ -173,17 +173,56 @@ def meta_splits(prepared: dict[str, np.ndarray], validation: int = 5_000) -> dic
     }
 
 
+TEST_SLICE = 100  # test images per evaluation step (reference-notes 5.6)
+
+
+def protocol_data(data: dict[str, np.ndarray], key: Any, runs: int, steps: int, batch: int) -> dict[str, np.ndarray]:
+    """The evaluation protocol's arrays (reference-notes 5.6), per run: training blocks
+    ``(steps, batch, d)`` drawn at random without replacement (the reference's shuffled
+    ``batch(8)`` iterator) and test slices ``(steps, 100, d)`` taken in order, cycling through
+    the test set across runs and steps (the reference shares one test iterator, so 100 runs x 20
+    steps see 2,000 different slices). ``data``: ``train_x/y``, ``test_x/y``."""
+    n_blocks = data["train_x"].shape[0] // batch
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key) if hasattr(jax.random, "key_data") else key).ravel()[-1])
+    blocks = np.stack([rng.choice(n_blocks, steps, replace=False) for _ in range(runs)])  # (runs, steps)
+    idx = blocks[..., None] * batch + np.arange(batch)  # (runs, steps, batch)
+    n_test = data["test_x"].shape[0]
+    starts = (np.arange(runs * steps).reshape(runs, steps) * TEST_SLICE) % n_test
+    tidx = (starts[..., None] + np.arange(TEST_SLICE)) % n_test  # (runs, steps, 100)
+    return {
+        "xt": data["train_x"][idx], "yt": data["train_y"][idx],
+        "xs": data["test_x"][tidx], "ys": data["test_y"][tidx],
+    }
+
+
 @dataclass(frozen=True)
 class MnistFamily:
-    """MNIST meta-training tasks (reference-notes 5.5). A task is a block of
-    ``inner_steps * batch`` consecutive training images (one batch per inner step), starting at a
-    random multiple of the block size, as the reference's cached ``batch(8).batch(20)`` blocks;
-    its CV set is ``cv_points`` consecutive images of the validation split (the reference used 8
-    training images). ``sample(key, data)`` takes the arrays of :func:`meta_splits`."""
+    """MNIST tasks (:class:`mplp_graph.tasks.base.TaskFamily`; reference-notes 5.5).
+
+    Meta-training: a task is a block of ``inner_steps * batch`` consecutive training images (one
+    batch per inner step), starting at a random multiple of the block size, as the reference's
+    cached ``batch(8).batch(20)`` blocks; its CV set is ``cv_points`` consecutive images of the
+    validation split (the last ``validation`` training images; the reference used 8 training
+    images). ``load()`` returns the arrays of :func:`meta_splits` plus the test set, images
+    resized to ``image_size`` (28: the originals).
+
+    Evaluation (:meth:`eval_tasks`, :func:`protocol_data`): ``split="test"`` draws the inner
+    batches from the whole training set and measures on the test set (the paper's protocol);
+    ``"validation"`` draws them from the training split and measures on the validation split
+    (model selection, the test set unseen). Step 0 (before any update) is measured on the
+    first step's slice."""
 
     inner_steps: int = 20
     batch: int = 8
     cv_points: int = 8
+    image_size: int = 12
+    validation: int = 5000
+    metrics: tuple[str, ...] = ("accuracy", "loss")
+
+    def load(self) -> dict[str, Any]:
+        prepared = preprocess(load_mnist(), None if self.image_size == 28 else self.image_size)
+        arrays = {**meta_splits(prepared, self.validation), "test_x": prepared["test_x"], "test_y": prepared["test_y"]}
+        return {k: jax.numpy.asarray(v) for k, v in arrays.items()}
 
     def sample(self, key: Any, data: dict[str, Any]) -> dict[str, Any]:
         kt, ke = jax.random.split(key)
@@ -195,3 +234,17 @@ class MnistFamily:
         yt = take(data["train_y"], start, block).reshape(self.inner_steps, self.batch, -1)
         cv_start = jax.random.randint(ke, (), 0, data["val_x"].shape[0] - self.cv_points + 1)
         return {"xt": xt, "yt": yt, "xe": take(data["val_x"], cv_start, self.cv_points), "ye": take(data["val_y"], cv_start, self.cv_points)}
+
+    def eval_tasks(self, key: Any, runs: int, data: dict[str, Any], split: str = "test") -> tuple[dict[str, Any], Any]:
+        d = {k: np.asarray(v) for k, v in data.items()}
+        if split == "test":  # the whole training set (training split + validation split, in order)
+            arrays = {"train_x": np.concatenate([d["train_x"], d["val_x"]]), "train_y": np.concatenate([d["train_y"], d["val_y"]]),
+                      "test_x": d["test_x"], "test_y": d["test_y"]}
+        elif split == "validation":
+            arrays = {"train_x": d["train_x"], "train_y": d["train_y"], "test_x": d["val_x"], "test_y": d["val_y"]}
+        else:
+            raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+        tasks = protocol_data(arrays, key, runs, self.inner_steps, self.batch)
+        tasks["xs"] = np.concatenate([tasks["xs"][:, :1], tasks["xs"]], axis=1)  # step 0: the first slice
+        tasks["ys"] = np.concatenate([tasks["ys"][:, :1], tasks["ys"]], axis=1)
+        return tasks, jax.random.split(jax.random.fold_in(key, 1), runs)
