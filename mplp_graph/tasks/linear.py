@@ -9,6 +9,9 @@ linear model can fit every task exactly when ``noise`` is 0).
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,24 +45,32 @@ class LinearTeacher:
         """Synthetic tasks: no data set."""
         return None
 
-    def _draw(self, key: Any) -> tuple[dict[str, Any], Any]:
-        """One task (as :meth:`sample`) and the key its evaluation points are drawn from."""
-        kw, kx, ke, kn, kv = jax.random.split(key, 5)
-        teacher = jax.random.normal(kw, (self.n_in, self.n_out))
-        xt = jax.random.normal(kx, (self.inner_steps, self.batch, self.n_in))  # (K, B, n_in)
-        xe = jax.random.normal(ke, (self.cv_points, self.n_in))  # (N, n_in)
+    def _draw(self, key: Any) -> dict[str, Any]:
+        """One task (as :meth:`sample`) with its evaluation points ``xs`` ``(eval_points, n_in)``
+        and noise-free targets ``ys``.
+
+        Every Gaussian number of the task comes from ONE ``jax.random.normal`` call, cut into
+        pieces: a program with one random draw compiles several times faster on the CPU than
+        one with a draw per array, and gives the same distribution."""
+        k, b, n, m = self.inner_steps, self.batch, self.n_in, self.n_out
+        shapes = {"teacher": (n, m), "xt": (k, b, n), "xe": (self.cv_points, n), "xs": (self.eval_points, n),
+                  "nt": (k, b, m), "ne": (self.cv_points, m)}  # nt, ne: the target noise
+        sizes = [math.prod(s) for s in shapes.values()]
+        flat = jax.random.normal(key, (sum(sizes),))
+        parts = jnp.split(flat, list(itertools.accumulate(sizes))[:-1])
+        d = {name: part.reshape(shape) for (name, shape), part in zip(shapes.items(), parts)}
+        teacher, xt, xe, xs = d["teacher"], d["xt"], d["xe"], d["xs"]
         yt, ye = xt @ teacher, xe @ teacher
-        if self.noise:  # a Python float: the branch is decided when tracing
-            knt, kne = jax.random.split(kn)
-            yt = yt + self.noise * jax.random.normal(knt, yt.shape)
-            ye = ye + self.noise * jax.random.normal(kne, ye.shape)
-        return {"xt": xt, "yt": yt, "xe": xe, "ye": ye, "teacher": teacher}, kv
+        if self.noise:  # a Python float: decided when tracing (noise 0 leaves the targets exact)
+            yt, ye = yt + self.noise * d["nt"], ye + self.noise * d["ne"]
+        return {"xt": xt, "yt": yt, "xe": xe, "ye": ye, "teacher": teacher, "xs": xs, "ys": xs @ teacher}
 
     def sample(self, key: Any, data: Any = None) -> dict[str, Any]:
         """One meta-training task: ``xt`` ``(K, B, n_in)``, ``yt`` ``(K, B, n_out)``, ``xe``
         ``(cv_points, n_in)``, ``ye``, and the ``teacher`` ``(n_in, n_out)``. Traceable and
         vmap-able; ``data`` (from :meth:`load`) is None and ignored."""
-        return self._draw(key)[0]
+        task = self._draw(key)
+        return {name: task[name] for name in ("xt", "yt", "xe", "ye", "teacher")}
 
     def eval_tasks(self, key: Any, runs: int, data: Any = None, split: str = "test") -> tuple[dict[str, Any], Any]:
         """The evaluation protocol's tasks for ``runs`` runs, and one prior key per run.
@@ -75,14 +86,16 @@ class LinearTeacher:
         key (use different keys for model selection and for the final figures)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return self._eval_tasks(key, runs)
+
+    @functools.partial(jax.jit, static_argnums=(0, 2))  # one program (the family is hashable)
+    def _eval_tasks(self, key: Any, runs: int) -> tuple[dict[str, Any], Any]:
         steps = self.inner_steps + 1
 
         def one(k):
             kp, kt = jax.random.split(k)
-            task, kv = self._draw(kt)
-            xs = jax.random.normal(kv, (self.eval_points, self.n_in))
-            ys = xs @ task["teacher"]
+            task = self._draw(kt)
             tile = lambda a: jnp.broadcast_to(a, (steps, *a.shape))  # noqa: E731
-            return {"xt": task["xt"], "yt": task["yt"], "xs": tile(xs), "ys": tile(ys), "teacher": task["teacher"]}, kp
+            return {"xt": task["xt"], "yt": task["yt"], "xs": tile(task["xs"]), "ys": tile(task["ys"]), "teacher": task["teacher"]}, kp
 
         return jax.vmap(one)(jax.random.split(key, runs))
