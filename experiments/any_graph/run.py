@@ -75,17 +75,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
             metrics[key] = res["metrics"][f"{method}_loss_final"]
             metrics[f"{key}_std"] = res["metrics"][f"{method}_loss_final_std"]
             commands[key] = part["commands"]
-            mu, sd = np.array(res["curves"][f"{method}_loss_mean"]), np.array(res["curves"][f"{method}_loss_std"])
+            c = res["curves"]
+            mu = np.array(c[f"{method}_loss_mean"])
             steps = np.arange(len(mu))
             ax.plot(steps, mu, marker="o", label=method)
-            ax.fill_between(steps, np.maximum(mu - sd, 1e-6), mu + sd, alpha=0.15)
+            ax.fill_between(steps, c[f"{method}_loss_q25"], c[f"{method}_loss_q75"], alpha=0.15)
         metrics[f"{name}_meta_steps"] = res["metrics"]["meta_steps"]
         parts[name] = {"graph": res["graph"], "config": part["config"], "runs": res["runs"], "wall_s": part["wall_s"], "git_commit": res["git_commit"]}
         ax.set_yscale("log")
         ax.set_xlabel("inner step")
         ax.set_title(f"{name}: {res['graph']} ({res['runs']} runs)", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle("eval loss after each inner step, mean +- std over runs (lower is better)", fontsize=10)
+    fig.suptitle("eval loss after each inner step: mean over runs, middle half shaded (lower is better)", fontsize=10)
     fig.tight_layout()
     fig.savefig(HERE / "results.png", dpi=110)
     doc = {

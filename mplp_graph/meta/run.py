@@ -336,7 +336,8 @@ def method_key(label: str) -> str:
 
 def summarize(results: dict[str, Any], metrics: tuple[str, ...]) -> tuple[dict[str, float], dict[str, list]]:
     """``(metrics, curves)``: for each method and metric, ``{method}_{metric}_final`` (mean over
-    runs after the last inner step) and ``_final_std``; curves ``{method}_{metric}_mean/_std``."""
+    runs after the last inner step) and ``_final_std``; curves ``{method}_{metric}_mean/_std/_q25/_q75``
+    (the quartiles over runs after each step)."""
     out: dict[str, float] = {}
     curves: dict[str, list] = {}
     for label, r in results["methods"].items():
@@ -347,12 +348,15 @@ def summarize(results: dict[str, Any], metrics: tuple[str, ...]) -> tuple[dict[s
             out[f"{name}_{metric}_final_std"] = float(v[:, -1].std())
             curves[f"{name}_{metric}_mean"] = v.mean(0).tolist()
             curves[f"{name}_{metric}_std"] = v.std(0).tolist()
+            curves[f"{name}_{metric}_q25"] = np.percentile(v, 25, axis=0).tolist()
+            curves[f"{name}_{metric}_q75"] = np.percentile(v, 75, axis=0).tolist()
     return out, curves
 
 
 def plot_results(results: dict[str, Any], metrics: tuple[str, ...], path: Path, title: str = "") -> None:
-    """One panel per metric (mean +- std over runs after each inner step, one line per method);
-    a first panel with run 0's fit when inputs and targets are scalars (e.g. the sinusoid)."""
+    """One panel per metric (the mean over runs after each inner step, one line per method, the
+    middle half of the runs shaded: a log scale cannot show mean - std); a first panel with run
+    0's fit when inputs and targets are scalars (e.g. the sinusoid)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,14 +380,13 @@ def plot_results(results: dict[str, Any], metrics: tuple[str, ...], path: Path, 
         log = lower_is_better(metric)
         for label, r in methods.items():
             v = np.asarray(r[metric])
-            mu, sd = v.mean(0), v.std(0)
-            steps = np.arange(len(mu))
-            ax.plot(steps, mu, marker="o", label=label)
-            ax.fill_between(steps, np.maximum(mu - sd, 1e-6) if log else mu - sd, mu + sd, alpha=0.15)
+            steps = np.arange(v.shape[1])
+            ax.plot(steps, v.mean(0), marker="o", label=label)
+            ax.fill_between(steps, np.percentile(v, 25, axis=0), np.percentile(v, 75, axis=0), alpha=0.15)
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("inner step")
-        ax.set_title(f"{metric} (mean +- std over {np.asarray(first[metric]).shape[0]} runs)", fontsize=9)
+        ax.set_title(f"{metric}: mean over {np.asarray(first[metric]).shape[0]} runs, middle half shaded", fontsize=9)
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
