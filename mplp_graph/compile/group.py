@@ -4,8 +4,8 @@ kernel (one op call over all their agents); every other arrow is a kernel of its
 from __future__ import annotations
 
 from mplp_graph.compile.lower import Kernel
-from mplp_graph.compile.resolve import ArrowPlan
-from mplp_graph.compile.schedule import Schedule
+from mplp_graph.ir.resolve import ArrowPlan
+from mplp_graph.ir.schedule import Schedule
 
 
 def group_stage(plans: dict[str, ArrowPlan], stage: tuple[str, ...]) -> tuple[Kernel, ...]:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mplp_graph.compile.resolve import ArrowPlan
+from mplp_graph.ir.resolve import ArrowPlan
 from mplp_graph.compile.route import Partial, route_bilinear, route_edges, route_map, sum_axes
 from mplp_graph.ir.spec import FieldSpec
 

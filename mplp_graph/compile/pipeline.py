@@ -10,8 +10,8 @@ import jax
 from mplp_graph.compile.group import group_kernels
 from mplp_graph.compile.liveness import persistent_fields
 from mplp_graph.compile.lower import Kernel
-from mplp_graph.compile.resolve import ArrowPlan, resolve
-from mplp_graph.compile.schedule import Schedule, build_schedule
+from mplp_graph.ir.resolve import ArrowPlan, resolve
+from mplp_graph.ir.schedule import Schedule, build_schedule
 from mplp_graph.ir.spec import GraphSpec
 from mplp_graph.ir.verify import verify
 from mplp_graph.runtime import execute

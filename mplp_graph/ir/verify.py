@@ -12,8 +12,8 @@ import difflib
 import math
 from typing import Callable, Iterator
 
-from mplp_graph.compile.resolve import ResolveError, resolve_arrow
-from mplp_graph.compile.schedule import ScheduleError, build_schedule, phase_names
+from mplp_graph.ir.resolve import ResolveError, resolve_arrow
+from mplp_graph.ir.schedule import ScheduleError, build_schedule, phase_names
 from mplp_graph.errors import GraphSpecError, Location
 from mplp_graph.ir.spec import GraphSpec
 from mplp_graph.ops.registry import get_op, op_names

@@ -1,6 +1,6 @@
 """A slow, plainly correct reference interpreter of a graph's step (for tests, never for speed).
 
-It follows the semantics in :mod:`mplp_graph.ir.spec` and :mod:`mplp_graph.compile.schedule`
+It follows the semantics in :mod:`mplp_graph.ir.spec` and :mod:`mplp_graph.ir.schedule`
 with explicit Python loops over stages, arrows, source agents and edges, in NumPy (float64):
 
 * a stage reads the state as it was when the stage began; its writes land together at the end,
