@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mplp_graph as mg
-from mplp_graph.runtime.state import stored_shape
+from mplp_graph.ir.layout import stored_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH_FILES = sorted((ROOT / "graphs").glob("*.yaml"))

@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 import jax
 
 from mplp_graph.compile.lower import Kernel, _can_fuse_bilinear
+from mplp_graph.ir.layout import stored_shape
 from mplp_graph.ir.resolve import ArrowPlan
-from mplp_graph.runtime.state import stored_shape
 
 LOWERINGS = ("einsum", "broadcast", "gather+segment", "local")
 

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 from mplp_graph.compile.lower import Kernel, State, run_kernel, write
 from mplp_graph.compile.route import combine
 from mplp_graph.errors import CompileError
+from mplp_graph.ir.layout import stored_shape
 from mplp_graph.runtime import draws
-from mplp_graph.runtime.state import stored_shape
 
 if TYPE_CHECKING:
     from mplp_graph.compile.pipeline import Program
