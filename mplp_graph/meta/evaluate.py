@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from mplp_graph import xla
-from mplp_graph.compile.pipeline import Program
+from mplp_graph.runtime.program import Program
 from mplp_graph.meta import batching
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 from mplp_graph.tasks.sinusoid import SinusoidFamily

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from mplp_graph import xla
-from mplp_graph.compile.pipeline import Program
+from mplp_graph.runtime.program import Program
 from mplp_graph.meta import batching
 from mplp_graph.meta.evaluate import _protocol, point_losses
 from mplp_graph.meta.objectives import MetaLoss, task_loss

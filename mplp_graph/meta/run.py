@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import yaml
 
-from mplp_graph.compile.pipeline import Program, compile_graph
+from mplp_graph.runtime.program import Program, compile_graph
 from mplp_graph.meta.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,

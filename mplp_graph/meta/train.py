@@ -19,7 +19,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from mplp_graph import xla
-from mplp_graph.compile.pipeline import Program
+from mplp_graph.runtime.program import Program
 from mplp_graph.meta import batching
 from mplp_graph.meta.checkpoint import (
     CheckpointError,

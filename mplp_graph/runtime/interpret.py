@@ -27,11 +27,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from mplp_graph.compile.pipeline import compile_graph
 from mplp_graph.ir.indexmap import bind_sizes, parse_index_map
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec
 from mplp_graph.ops.registry import get_op
 from mplp_graph.runtime import draws
+from mplp_graph.runtime.program import compile_graph
 
 State = dict[str, dict[str, np.ndarray]]
 
