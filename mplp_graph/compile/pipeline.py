@@ -10,7 +10,7 @@ from mplp_graph.compile.liveness import persistent_fields
 from mplp_graph.ir.resolve import ArrowPlan, resolve
 from mplp_graph.ir.schedule import Schedule, build_schedule
 from mplp_graph.ir.spec import GraphSpec
-from mplp_graph.ir.verify import verify
+from mplp_graph.ir.verify import ensure_verified
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,7 +30,7 @@ class CompiledGraph:
 
 
 def compile_spec(spec: GraphSpec) -> CompiledGraph:
-    spec = verify(spec)  # rules, one function each (ir/verify.py)
+    spec = ensure_verified(spec)  # rules, one function each (ir/verify.py); once per spec
     plans = resolve(spec)  # shapes, batch flags, constant axes, connectivity per arrow
     schedule = build_schedule(spec)  # phases -> ordered stages
     phases = group_kernels(plans, schedule)  # stages -> kernels (arrows sharing a key fused)
