@@ -98,7 +98,7 @@ def load_experiment_config(path: str | os.PathLike) -> ExperimentConfig:
     :class:`mplp_graph.errors.ConfigError` whose issues say ``file:line:col key.path: what was
     expected, what was found, how to fix it``, as for graph files (duplicate keys included)."""
     from mplp_graph.config.load import validate_located
-    from mplp_graph.config.yaml_nodes import MAX_BYTES, _decode
+    from mplp_graph.config.yaml_nodes import MAX_BYTES, decode_text as _decode
     from mplp_graph.errors import ConfigError, Location
 
     filename = os.fspath(path)
@@ -117,7 +117,7 @@ def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any], source:
     the key, with what was expected, what was found and how to fix it."""
     from pydantic import ValidationError
 
-    from mplp_graph.config.issues import _validation_issues
+    from mplp_graph.config.issues import validation_issues as _validation_issues
     from mplp_graph.errors import ConfigError, Location
 
     raw = config.model_dump(mode="json")
