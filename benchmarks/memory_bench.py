@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 
 from mplp_graph import xla
-from mplp_graph.compile.pipeline import compile_graph
+from mplp_graph.runtime.program import compile_graph
 from mplp_graph.meta.checkpoint import atomic_write_json
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask

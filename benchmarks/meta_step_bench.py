@@ -83,7 +83,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from mplp_graph import xla
-from mplp_graph.compile.pipeline import Program, compile_graph
+from mplp_graph.runtime.program import Program, compile_graph
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
 from mplp_graph.meta.train import ADAM_EPS, MetaStep, adam, make_pool, trainable_mask

@@ -1,5 +1,5 @@
 """Benchmark: the engine's sums over agent axes as a plain ``jnp.sum`` (the library's
-``mplp_graph.compile.route.sum_axes``) or as a contraction with vectors of ones (the form an
+``mplp_graph.runtime.route.sum_axes``) or as a contraction with vectors of ones (the form an
 earlier engine used), side by side in one process.
 
 The engine sums messages over reduced agent axes and takes batch means of parameter updates
@@ -37,7 +37,7 @@ from bench_common import result_header, write_json_atomic  # noqa: E402
 
 import mplp_graph as mg  # noqa: E402
 from mplp_graph import xla  # noqa: E402
-from mplp_graph.compile import lower, route  # noqa: E402
+from mplp_graph.runtime import lower, route  # noqa: E402
 
 def contraction(value, axes, weight=1.0):
     """``weight * sum`` over ``axes`` as one einsum with vectors of ones."""

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mplp_graph.compile.pipeline import Program
 from mplp_graph.errors import MplpGraphError
+from mplp_graph.runtime.program import Program
 
 GRU_ORDER = ("W_update_x", "W_update_c", "b_update", "W_reset_x", "W_reset_c", "b_reset", "b_next")
 MLP_GRU_ORDER = ("k1", "b1", "k2", "b2", "k3")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mplp_graph as mg
-from mplp_graph.runtime.state import stored_shape
+from mplp_graph.ir.layout import stored_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAPH_FILES = sorted((ROOT / "graphs").glob("*.yaml"))
@@ -159,6 +159,41 @@ def test_base_is_valid():
     spec = mg.loads_graph(BASE, filename=FILE)
     assert [a.name for a in spec.arrows][:2] == ["x->W", "W->b"]
     mg.compile_graph(spec)
+
+
+def count_verifications(monkeypatch) -> list[int]:
+    """Count how often the verifier's rules run (one entry per run)."""
+    from mplp_graph.ir import verify as verify_module
+
+    calls: list[int] = []
+    collect = verify_module.collect_issues
+
+    def counted(g):
+        calls.append(1)
+        return collect(g)
+
+    monkeypatch.setattr(verify_module, "collect_issues", counted)
+    return calls
+
+
+def test_load_and_compile_verify_once(monkeypatch):
+    calls = count_verifications(monkeypatch)
+    spec = mg.loads_graph(BASE, filename=FILE)
+    mg.compile_graph(spec)
+    mg.compile_graph(spec)
+    assert len(calls) == 1
+
+
+def test_compile_verifies_a_spec_built_in_python(monkeypatch):
+    calls = count_verifications(monkeypatch)
+    spec = mg.feedforward((2, 3, 1), "relu", "l2", lr=0.1)
+    mg.compile_graph(spec)
+    assert len(calls) == 1
+    # a changed copy of a verified spec is verified again, and refused when it is wrong
+    bad = mg.loads_graph(BASE, filename=FILE)
+    bad = bad.model_copy(update={"arrows": bad.arrows + (bad.arrows[0],)})
+    with pytest.raises(mg.GraphSpecError, match="already used"):
+        mg.compile_graph(bad)
 
 
 # ---------------------------------------------------------------------------------------------

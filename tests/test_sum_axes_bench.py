@@ -15,7 +15,7 @@ sys.path.insert(0, str(BENCH))
 
 import sum_axes_bench  # noqa: E402
 
-from mplp_graph.compile import route  # noqa: E402
+from mplp_graph.runtime import route  # noqa: E402
 
 
 def test_contraction_helper_sums():

@@ -13,7 +13,7 @@ read may come before any write.
 
 from __future__ import annotations
 
-from mplp_graph.compile.schedule import Schedule
+from mplp_graph.ir.schedule import Schedule
 from mplp_graph.ir.spec import GraphSpec
 
 

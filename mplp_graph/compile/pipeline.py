@@ -1,27 +1,22 @@
-"""compile_graph(): the passes, one line each."""
+"""compile_spec(): the passes, one line each. The result is static data; running it is the
+runtime's business (:class:`mplp_graph.runtime.program.Program`, made by ``compile_graph``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import jax
-
-from mplp_graph.compile.group import group_kernels
+from mplp_graph.compile.group import Kernel, group_kernels
 from mplp_graph.compile.liveness import persistent_fields
-from mplp_graph.compile.lower import Kernel
-from mplp_graph.compile.resolve import ArrowPlan, resolve
-from mplp_graph.compile.schedule import Schedule, build_schedule
+from mplp_graph.ir.resolve import ArrowPlan, resolve
+from mplp_graph.ir.schedule import Schedule, build_schedule
 from mplp_graph.ir.spec import GraphSpec
-from mplp_graph.ir.verify import verify
-from mplp_graph.runtime import execute
-from mplp_graph.runtime.state import init_state
+from mplp_graph.ir.verify import ensure_verified
 
 
 @dataclass(frozen=True, eq=False)
-class Program:
-    """A compiled graph. Every method is a pure function of its arguments (jit/vmap/scan-able);
-    the program itself is static data (hashable by identity)."""
+class CompiledGraph:
+    """What the compiler made of a graph: plans, schedule, kernels and liveness, no behaviour.
+    Static data, hashable by identity (so it can be a static argument of ``jax.jit``)."""
 
     spec: GraphSpec
     plans: tuple[ArrowPlan, ...]
@@ -33,73 +28,11 @@ class Program:
     def step_phases(self) -> tuple[str, ...]:
         return self.schedule.step
 
-    def init(self, key: Any, batch_size: int = 1) -> dict[str, dict[str, Any]]:
-        """Fresh agent state ``{group: {field: array}}``."""
-        return init_state(self.spec, key, batch_size)
 
-    def init_params(self, key: Any) -> dict[str, Any]:
-        """Parameters of the parametrised ops, one entry per share key."""
-        params: dict[str, Any] = {}
-        for k, plan in enumerate(self.plans):
-            if plan.op.init is None:
-                continue
-            if isinstance(plan.share, tuple):  # multi-part op: params[key][part]
-                missing = [(part, sk) for part, sk in plan.share if part not in params.get(sk, {})]
-                if missing:
-                    tree = plan.op.init(jax.random.fold_in(key, k), plan.in_features, plan.args)
-                    for part, sk in missing:
-                        params.setdefault(sk, {})[part] = tree[part]
-            elif plan.share not in params:
-                params[plan.share] = plan.op.init(jax.random.fold_in(key, k), plan.in_features, plan.args)
-        return params
-
-    def step(self, params: Any, state: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Feed ``batch``, run the phases of ``schedule.step``; returns ``(state, outputs)``."""
-        return execute.step(self, params, state, batch)
-
-    def step_with_side(self, params: Any, state: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any], dict]:
-        """Like :meth:`step`, also returning the ops' side outputs ``{arrow: {name: value}}``."""
-        side: dict = {}
-        state, out = execute.step(self, params, state, batch, side)
-        return state, out, side
-
-    def init_carry(self, key: Any, batch_size: int = 1) -> dict[str, dict[str, Any]]:
-        """The persistent part of a fresh state (see :meth:`step_carry`)."""
-        return self.carry_of(self.init(key, batch_size))
-
-    def carry_of(self, state: Any) -> dict[str, dict[str, Any]]:
-        """The persistent fields of a full state: what :meth:`step_carry` takes and returns.
-        Groups without persistent fields are left out (a smaller pytree: less dispatch work
-        per jitted call)."""
-        carry = {g: {f: v for f, v in fs.items() if (g, f) in self.persistent} for g, fs in state.items()}
-        return {g: fs for g, fs in carry.items() if fs}
-
-    def step_carry(self, params: Any, carry: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """:meth:`step` on the persistent fields only (weights, biases, recurrent carries).
-
-        Step-local fields (overwritten every step before being read) start as zeros that the
-        compiler removes; use this in ``lax.scan`` loops over steps."""
-        return execute.step_carry(self, params, carry, batch)
-
-    def run_phase(self, phase: str, params: Any, state: Any) -> Any:
-        return execute.run_phase(self, phase, params, state)
-
-    def forward(self, params: Any, state: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """Feed ``batch`` and run only the ``forward`` phase."""
-        state = execute.feed(self, state, batch)
-        state = execute.run_phase(self, "forward", params, state)
-        return state, execute.outputs(self, state)
-
-    def report(self, batch_size: int = 1):
-        from mplp_graph.compile.report import compile_report
-
-        return compile_report(self, batch_size)
-
-
-def compile_graph(spec: GraphSpec) -> Program:
-    spec = verify(spec)  # rules, one function each (ir/verify.py)
+def compile_spec(spec: GraphSpec) -> CompiledGraph:
+    spec = ensure_verified(spec)  # rules, one function each (ir/verify.py); once per spec
     plans = resolve(spec)  # shapes, batch flags, constant axes, connectivity per arrow
     schedule = build_schedule(spec)  # phases -> ordered stages
     phases = group_kernels(plans, schedule)  # stages -> kernels (arrows sharing a key fused)
     persistent = persistent_fields(spec, schedule)  # fields that live from step to step
-    return Program(spec, plans, schedule, phases, persistent)  # lowering happens when a phase is traced
+    return CompiledGraph(spec, plans, schedule, phases, persistent)  # lowering happens when a phase is traced

@@ -5,10 +5,10 @@ per share key, the size of the agent state and XLA's FLOP estimate for one ``ste
 computed on real data: parameter and state shapes come from ``jax.eval_shape`` and the FLOPs from
 compiling ``step`` on abstract arguments.
 
-Lowerings (see :mod:`mplp_graph.compile.lower` and :mod:`mplp_graph.compile.route`):
+Lowerings (see :mod:`mplp_graph.runtime.lower` and :mod:`mplp_graph.runtime.route`):
 
 * ``einsum``: a bilinear op (``a * b``) with scalar features under sum/mean, fused with its
-  reduction into one ``jnp.einsum`` (``_can_fuse_bilinear``);
+  reduction into one ``jnp.einsum`` (``can_fuse_bilinear``);
 * ``broadcast``: the op runs on broadcast arrays, the index map becomes axis reductions;
 * ``gather+segment``: an edge list, lowered to a gather and a segment reduction;
 * ``local``: the arrow sends no message, it only writes back into its source (``updates``).
@@ -25,9 +25,9 @@ from typing import Any, Mapping, Sequence
 
 import jax
 
-from mplp_graph.compile.lower import Kernel, _can_fuse_bilinear
-from mplp_graph.compile.resolve import ArrowPlan
-from mplp_graph.runtime.state import stored_shape
+from mplp_graph.compile.group import Kernel, can_fuse_bilinear
+from mplp_graph.ir.layout import stored_shape
+from mplp_graph.ir.resolve import ArrowPlan
 
 LOWERINGS = ("einsum", "broadcast", "gather+segment", "local")
 
@@ -71,7 +71,7 @@ def arrow_lowering(a: ArrowPlan, fused: bool) -> str:
         return "local"
     if a.conn.is_edges:
         return "gather+segment"
-    if not fused and _can_fuse_bilinear(a):
+    if not fused and can_fuse_bilinear(a):
         return "einsum"
     return "broadcast"
 
@@ -126,7 +126,7 @@ def abstract_batch(prog: Any, batch_size: int) -> dict[str, jax.ShapeDtypeStruct
 
 
 def compile_report(prog: Any, batch_size: int = 1, *, flops: bool = True) -> CompileReport:
-    """Report on the compiled program ``prog`` (a :class:`~mplp_graph.compile.pipeline.Program`).
+    """Report on the compiled program ``prog`` (a :class:`~mplp_graph.runtime.program.Program`).
 
     ``flops=False`` skips compiling ``step`` with XLA (the slow part on large graphs).
     """

@@ -10,7 +10,7 @@ from typing import Any, Callable, Union
 
 from pydantic import BaseModel, ValidationError
 
-from mplp_graph.config.yaml_nodes import _child
+from mplp_graph.config.yaml_nodes import child_path
 from mplp_graph.errors import Location
 from mplp_graph.ir.spec import GraphSpec
 
@@ -91,7 +91,7 @@ _MODEL_WORDS = {
 # public API
 
 
-def _locator(filename: str, positions: dict[str, tuple[int, int]]) -> Callable[[str], Location]:
+def locator(filename: str, positions: dict[str, tuple[int, int]]) -> Callable[[str], Location]:
     """``locate(path)``: file, line and column of the deepest prefix of ``path`` in the document."""
 
     def locate(path: str) -> Location:
@@ -140,11 +140,12 @@ def _clean_loc(err: dict, data: Any) -> tuple[list, Any]:
 def _path_str(tokens: list) -> str:
     path = ""
     for t in tokens:
-        path = _child(path, t)
+        path = child_path(path, t)
     return path
 
 
-def _kind_of(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """What a YAML value is, in words (``a mapping``, ``an integer``...)."""
     if value is None:
         return "an empty value"
     if isinstance(value, bool):
@@ -161,7 +162,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def _found(value: Any) -> str:
-    return "nothing (the value is empty or null)" if value is None else f"{_short(value)} ({_kind_of(value)})"
+    return "nothing (the value is empty or null)" if value is None else f"{_short(value)} ({kind_of(value)})"
 
 
 def _is_model(tp: Any) -> bool:
@@ -270,7 +271,7 @@ def _describe(err: dict, tokens: list, value: Any, data: Any, root: Any = GraphS
     return f"{msg}, got {_found(value)}.{_help(tokens)}"
 
 
-def _validation_issues(exc: ValidationError, data: dict, locate: Callable[[str], Location], root: Any = GraphSpec) -> list[tuple[Location, str]]:
+def validation_issues(exc: ValidationError, data: dict, locate: Callable[[str], Location], root: Any = GraphSpec) -> list[tuple[Location, str]]:
     """One located issue per pydantic error of ``root.model_validate(data)`` (``root``: the model
     the document was validated as: a graph, or an experiment config)."""
     by_path: dict[str, list[tuple[dict, list, Any]]] = {}

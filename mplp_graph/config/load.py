@@ -2,13 +2,13 @@
 
 The pipeline, one step per function, each step reporting ``file:line:col yaml.path: message``:
 
-1. ``_decode``: bytes -> text (UTF-8 only, at most :data:`MAX_BYTES`).
-2. ``_compose``: text -> YAML node tree (``yaml.compose`` on a SafeLoader subclass), so syntax
+1. ``decode_text``: bytes -> text (UTF-8 only, at most :data:`MAX_BYTES`).
+2. ``compose_nodes``: text -> YAML node tree (``yaml.compose`` on a SafeLoader subclass), so syntax
    errors carry their line and column and no Python object is ever constructed.
-3. ``_Builder``: node tree -> plain data (dicts, lists, scalars) plus the position of every mapping
+3. ``NodeBuilder``: node tree -> plain data (dicts, lists, scalars) plus the position of every mapping
    key and sequence item, keyed by YAML path (``arrows[3].map``, ``groups.W0.state.x.shape[0]``).
    It refuses duplicate keys, non-plain tags and cyclic aliases.
-4. ``_validation_issues``: ``GraphSpec.model_validate(data)``; every pydantic error becomes one
+4. ``validation_issues``: ``GraphSpec.model_validate(data)``; every pydantic error becomes one
    located issue saying what was expected, what was found, and how to fix it.
 5. ``verify(spec, locate=...)``: the IR rules (mplp_graph/ir/verify.py), located the same way.
 
@@ -27,8 +27,8 @@ from pydantic import ValidationError
 from mplp_graph.errors import GraphSpecError, Location
 from mplp_graph.ir.spec import GraphSpec
 from mplp_graph.ir.verify import verify
-from mplp_graph.config.issues import _kind_of, _locator, _validation_issues
-from mplp_graph.config.yaml_nodes import _YAML, MAX_BYTES, MSG_TOO_BIG, MSG_TOP, _Builder, _compose, _decode
+from mplp_graph.config.issues import kind_of, locator, validation_issues
+from mplp_graph.config.yaml_nodes import MAX_BYTES, MSG_TOO_BIG, MSG_TOP, YAML_TAG, NodeBuilder, compose_nodes, decode_text
 
 
 def load_graph(path: str | os.PathLike) -> GraphSpec:
@@ -44,7 +44,7 @@ def load_graph(path: str | os.PathLike) -> GraphSpec:
 def loads_graph(text: str | bytes, filename: str = "<string>") -> GraphSpec:
     """Like :func:`load_graph` for YAML text (or bytes) already in memory."""
     if isinstance(text, bytes):
-        text = _decode(text, filename)
+        text = decode_text(text, filename)
     elif len(text) > MAX_BYTES:
         raise GraphSpecError(MSG_TOO_BIG.format(size=len(text), limit=MAX_BYTES), Location(file=filename))
     spec, locate = validate_located(text, filename, GraphSpec)
@@ -55,19 +55,19 @@ def validate_located(text: str, filename: str, model: Any, error: type[GraphSpec
     """Steps 2-4 for any pydantic ``model``: ``(model instance, locate)``, where ``locate(path)``
     gives the file, line and column of a YAML path; raises ``error`` with located issues.
     ``top``: the message for a document that is not a mapping (``{found}`` in it)."""
-    node, anchors = _compose(text, filename)
-    builder = _Builder(filename, anchors)
+    node, anchors = compose_nodes(text, filename)
+    builder = NodeBuilder(filename, anchors)
     data = builder.build(node, "") if node is not None else None
     if builder.issues:
         raise error(builder.issues)
     if not isinstance(data, dict):
-        found = "an empty document" if data is None else _kind_of(data)
+        found = "an empty document" if data is None else kind_of(data)
         raise error(top.format(found=found), Location(filename, 1, 1))
-    locate = _locator(filename, builder.positions)
+    locate = locator(filename, builder.positions)
     try:
         return model.model_validate(data), locate
     except ValidationError as e:
-        raise error(_validation_issues(e, data, locate, model)) from None
+        raise error(validation_issues(e, data, locate, model)) from None
 
 
 def dump_graph(spec: GraphSpec) -> str:
@@ -102,7 +102,7 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
     def flat(x: Any) -> bool:
         return not isinstance(x, (dict, list)) or (isinstance(x, list) and all(not isinstance(y, (dict, list)) for y in x))
 
-    return dumper.represent_sequence(_YAML + "seq", data, flow_style=all(flat(x) for x in data))
+    return dumper.represent_sequence(YAML_TAG + "seq", data, flow_style=all(flat(x) for x in data))
 
 
 class _Flow(dict):
@@ -110,7 +110,7 @@ class _Flow(dict):
 
 
 def _represent_dict(dumper: yaml.SafeDumper, data: dict) -> yaml.Node:
-    return dumper.represent_mapping(_YAML + "map", data.items(), flow_style=isinstance(data, _Flow))
+    return dumper.represent_mapping(YAML_TAG + "map", data.items(), flow_style=isinstance(data, _Flow))
 
 
 _Dumper.add_representer(list, _represent_list)

@@ -18,9 +18,9 @@ MAX_NODES = 1_000_000  # values after alias expansion ("billion laughs" document
 # limit (an alias chain &a1 [*a0], &a2 [*a1], ... is shallow in the text but deep once expanded).
 MAX_DEPTH = 100
 
-_YAML = "tag:yaml.org,2002:"
-_PLAIN_SCALARS = {_YAML + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
-_MERGE = _YAML + "merge"
+YAML_TAG = "tag:yaml.org,2002:"
+_PLAIN_SCALARS = {YAML_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
+_MERGE = YAML_TAG + "merge"
 _TOP_KEYS = "name, groups, arrows, schedule, inputs, outputs"
 
 MSG_NOT_UTF8 = "file is not valid UTF-8: byte 0x{byte:02x} at byte offset {offset} cannot be decoded; save the file as UTF-8"
@@ -39,7 +39,8 @@ MSG_DEEP = (
 MSG_TOP = "the top level of a graph file must be a mapping with keys such as " + _TOP_KEYS + "; found {found}"
 
 
-def _decode(raw: bytes, filename: str) -> str:
+def decode_text(raw: bytes, filename: str) -> str:
+    """Step 1: UTF-8 text of a file's bytes, or a located error (too big, not UTF-8)."""
     if len(raw) > MAX_BYTES:
         raise GraphSpecError(MSG_TOO_BIG.format(size=len(raw), limit=MAX_BYTES), Location(file=filename))
     try:
@@ -76,7 +77,9 @@ class _Loader(yaml.SafeLoader):
         return node
 
 
-def _compose(text: str, filename: str) -> tuple[Node | None, dict[int, str]]:
+def compose_nodes(text: str, filename: str) -> tuple[Node | None, dict[int, str]]:
+    """Step 2: the YAML node tree (None for an empty document) and the anchor name of each
+    anchored node, or a located syntax error."""
     loader = None
     try:
         loader = _Loader(text, filename)  # the reader already refuses control characters here
@@ -114,21 +117,23 @@ def _compose(text: str, filename: str) -> tuple[Node | None, dict[int, str]]:
 # 3: nodes -> data + positions
 
 
-def _child(path: str, key: str | int) -> str:
+def child_path(path: str, key: str | int) -> str:
+    """The YAML path of a mapping key (``a.b``) or a list item (``a[3]``) under ``path``."""
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
 
 
 def _short_tag(tag: str) -> str:
-    return "!!" + tag[len(_YAML) :] if tag.startswith(_YAML) else tag
+    return "!!" + tag[len(YAML_TAG) :] if tag.startswith(YAML_TAG) else tag
 
 
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()  # for int/float/bool/null scalars only
 
 
-class _Builder:
-    """Builds plain data from a node tree, recording the (line, column) of every key and item."""
+class NodeBuilder:
+    """Step 3: builds plain data from a node tree, recording the (line, column) of every key and
+    item in ``positions`` and the problems found in ``issues``."""
 
     def __init__(self, filename: str, anchors: dict[int, str]):
         self.filename = filename
@@ -155,7 +160,7 @@ class _Builder:
         if id(node) in self.active:  # located at the key or item that refers back (*anchor)
             line, column = self.positions.get(path, (node.start_mark.line + 1, node.start_mark.column + 1))
             raise GraphSpecError([(Location(self.filename, line, column, path), MSG_CYCLE.format(anchor=self.anchors.get(id(node), "?")))])
-        expected = _YAML + ("map" if isinstance(node, MappingNode) else "seq")
+        expected = YAML_TAG + ("map" if isinstance(node, MappingNode) else "seq")
         if node.tag != expected:
             self.issues.append((self._loc(node, path), MSG_TAG.format(tag=_short_tag(node.tag))))
             return None
@@ -169,7 +174,7 @@ class _Builder:
         if node.tag not in _PLAIN_SCALARS:
             self.issues.append((self._loc(node, path), MSG_TAG.format(tag=_short_tag(node.tag))))
             return None
-        if node.tag in (_YAML + "str", _YAML + "timestamp"):
+        if node.tag in (YAML_TAG + "str", YAML_TAG + "timestamp"):
             return node.value  # dates stay text: no field of a graph holds a date
         try:
             return _CONSTRUCTOR.construct_object(node)
@@ -180,7 +185,7 @@ class _Builder:
     def _sequence(self, node: SequenceNode, path: str) -> list:
         out = []
         for k, item in enumerate(node.value):
-            sub = _child(path, k)
+            sub = child_path(path, k)
             self.positions.setdefault(sub, (item.start_mark.line + 1, item.start_mark.column + 1))
             out.append(self.build(item, sub))
         return out
@@ -217,7 +222,7 @@ class _Builder:
                 continue
             if key in first:
                 msg = MSG_DUP.format(key=key, line=first[key].start_mark.line + 1)
-                self.issues.append((self._loc(key_node, _child(path, key)), msg))
+                self.issues.append((self._loc(key_node, child_path(path, key)), msg))
             else:
                 first[key] = key_node
                 unique.append((key, key_node, value_node))
@@ -241,7 +246,7 @@ class _Builder:
         return None
 
     def _put(self, out: dict, path: str, key: str, key_node: Node, value_node: Node) -> None:
-        sub = _child(path, key)
+        sub = child_path(path, key)
         self.positions.setdefault(sub, (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
         out[key] = self.build(value_node, sub)
 

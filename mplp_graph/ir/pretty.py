@@ -24,7 +24,7 @@ Stage numbers in brackets count from 1 within their phase (stage ``[k]`` is
 
 from __future__ import annotations
 
-from mplp_graph.compile.schedule import Schedule, ScheduleError, build_schedule, default_step, phase_names
+from mplp_graph.ir.schedule import Schedule, ScheduleError, build_schedule, default_step, phase_names
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec
 from mplp_graph.ops.registry import get_op
 
@@ -76,7 +76,7 @@ def map_text(a: ArrowSpec) -> str:
 
 def effective_share(a: ArrowSpec) -> str | dict[str, str] | None:
     """The share key the compiler will use (mirrors ``resolve_share`` in
-    :mod:`mplp_graph.compile.resolve`): explicit, or the arrow's name for a parametrised op; for
+    :mod:`mplp_graph.ir.resolve`): explicit, or the arrow's name for a parametrised op; for
     an op with parameter parts, ``{part: key}`` with every part filled in."""
     try:
         op = get_op(a.op.name)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import difflib
 import math
+import weakref
 from typing import Callable, Iterator
 
-from mplp_graph.compile.resolve import ResolveError, resolve_arrow
-from mplp_graph.compile.schedule import ScheduleError, build_schedule, phase_names
+from mplp_graph.ir.resolve import ResolveError, resolve_arrow
+from mplp_graph.ir.schedule import ScheduleError, build_schedule, phase_names
 from mplp_graph.errors import GraphSpecError, Location
 from mplp_graph.ir.spec import GraphSpec
 from mplp_graph.ops.registry import get_op, op_names
@@ -372,10 +373,26 @@ def collect_issues(g: GraphSpec) -> list[Issue]:
     return issues
 
 
+# Specs that passed verify, by identity. A GraphSpec is frozen but not hashable (its fields are
+# dicts), so it is keyed by id(); weak values drop an entry when its spec is collected, so a
+# reused id never finds a stale entry.
+_VERIFIED: weakref.WeakValueDictionary[int, GraphSpec] = weakref.WeakValueDictionary()
+
+
 def verify(g: GraphSpec, locate: Callable[[str], Location] | None = None) -> GraphSpec:
     """Check every rule; raise one :class:`GraphSpecError` with all problems. Returns ``g``."""
     issues = collect_issues(g)
     if issues:
         locate = locate or (lambda path: Location(path=path))
         raise GraphSpecError([(locate(path), msg) for path, msg in issues])
+    _VERIFIED[id(g)] = g
     return g
+
+
+def ensure_verified(g: GraphSpec) -> GraphSpec:
+    """:func:`verify` ``g`` unless this very object passed it before (``load_graph`` verifies
+    with located messages; compiling its spec does not check every rule a second time). A spec
+    built in Python, or a copy made with ``model_copy``, is a new object and is verified. What
+    passed stays valid because the spec is frozen (unless its dicts are edited in place or an
+    op it uses is re-registered with ``replace=True`` in between)."""
+    return g if _VERIFIED.get(id(g)) is g else verify(g)

@@ -147,7 +147,7 @@ def load_experiment(path: str | os.PathLike) -> tuple[ExperimentConfig, Any]:
     """:func:`load_experiment_config` and ``locate(key_path) -> Location`` in the file (for the
     checks that need more than the schema: the graph file, the task family)."""
     from mplp_graph.config.load import validate_located
-    from mplp_graph.config.yaml_nodes import MAX_BYTES, _decode
+    from mplp_graph.config.yaml_nodes import MAX_BYTES, decode_text
     from mplp_graph.errors import ConfigError, Location
 
     filename = os.fspath(path)
@@ -156,7 +156,7 @@ def load_experiment(path: str | os.PathLike) -> tuple[ExperimentConfig, Any]:
     with open(filename, "rb") as f:
         raw = f.read(MAX_BYTES + 1)
     top = "the top level of an experiment config must be a mapping with keys such as " + ", ".join(ExperimentConfig.model_fields) + "; found {found}"
-    return validate_located(_decode(raw, filename), filename, ExperimentConfig, ConfigError, top)
+    return validate_located(decode_text(raw, filename), filename, ExperimentConfig, ConfigError, top)
 
 
 def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any], source: str = "override") -> ExperimentConfig:
@@ -165,7 +165,7 @@ def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any], source:
     the key, with what was expected, what was found and how to fix it."""
     from pydantic import ValidationError
 
-    from mplp_graph.config.issues import _validation_issues
+    from mplp_graph.config.issues import validation_issues
     from mplp_graph.errors import ConfigError, Location
 
     raw = config.to_json()
@@ -178,4 +178,4 @@ def apply_overrides(config: ExperimentConfig, overrides: dict[str, Any], source:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_validation_issues(e, raw, lambda path: Location(file=source, path=path), ExperimentConfig)) from None
+        raise ConfigError(validation_issues(e, raw, lambda path: Location(file=source, path=path), ExperimentConfig)) from None

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import optax
 
-from mplp_graph.compile.pipeline import Program
+from mplp_graph.runtime.program import Program
 from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax
 
 
@@ -21,7 +21,7 @@ def transfer_programs(graph: Any, sizes: tuple[int, ...], activation: str) -> tu
     """(learned-protocol program, forward program) of the MNIST net ``sizes`` with ``activation``,
     learners as in ``graph`` (a :class:`mplp_graph.meta.config.GraphConfig`): the transfers of
     Table 1 (the step activation; (784, 100, 10) on 28 x 28 images) reuse one trained learner."""
-    from mplp_graph.compile.pipeline import compile_graph
+    from mplp_graph.runtime.program import compile_graph
     from mplp_graph.templates.feedforward import feedforward
     from mplp_graph.templates.mplp import mplp_feedforward
 

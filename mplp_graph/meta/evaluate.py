@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from mplp_graph import xla
-from mplp_graph.compile.pipeline import Program
+from mplp_graph.runtime.program import Program
 from mplp_graph.meta import batching
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state
 from mplp_graph.tasks.base import METRICS, TaskFamily

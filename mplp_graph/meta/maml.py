@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mplp_graph.compile.pipeline import Program
+from mplp_graph.runtime.program import Program
 from mplp_graph.ir.spec import GraphSpec
 from mplp_graph.meta import batching
 from mplp_graph.meta.evaluate import LearnedProtocol, Optimizer, evaluate, point_losses

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mplp_graph.compile.pipeline import Program
+from mplp_graph.runtime.program import Program
 from mplp_graph.learners.nets import HIDDEN_NAME
 from mplp_graph.meta.config import RematName
 from mplp_graph.runtime.state import agent_params, with_agent_params, zeros_state

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import yaml
 
-from mplp_graph.compile.pipeline import Program, compile_graph
+from mplp_graph.runtime.program import Program, compile_graph
 from mplp_graph.errors import ConfigError, GraphSpecError, Location, MplpGraphError
 from mplp_graph.ir.spec import GraphSpec, ScheduleSpec
 from mplp_graph.meta.checkpoint import atomic_write_bytes, atomic_write_json, latest_checkpoint, load_checkpoint, load_params_like
@@ -30,7 +30,8 @@ from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
 from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
 from mplp_graph.meta.train import FAST_COMPILE, meta_train
-from mplp_graph.runtime.state import agent_params, stored_shape
+from mplp_graph.ir.layout import stored_shape
+from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.base import TASK_KEYS, check_family, lower_is_better
 from mplp_graph.templates.feedforward import feedforward
 from mplp_graph.templates.mplp import mplp_feedforward

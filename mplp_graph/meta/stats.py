@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mplp_graph import xla
-from mplp_graph.compile.pipeline import Program, compile_graph
+from mplp_graph.runtime.program import Program, compile_graph
 from mplp_graph.ir.spec import GraphSpec
 from mplp_graph.runtime.state import with_agent_params, zeros_state
 

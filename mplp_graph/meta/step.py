@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from mplp_graph.compile.pipeline import Program
+from mplp_graph.runtime.program import Program
 from mplp_graph.ir.spec import GraphSpec
 from mplp_graph.meta import batching
 from mplp_graph.meta.objectives import MetaLoss, task_loss

@@ -13,22 +13,21 @@ at a random subset of the agents of each written group. The step then adds 1 to 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mplp_graph.compile.lower import Kernel, State, run_kernel, write
-from mplp_graph.compile.route import combine
+from mplp_graph.compile.group import Kernel
+from mplp_graph.compile.pipeline import CompiledGraph
 from mplp_graph.errors import CompileError
+from mplp_graph.ir.layout import stored_shape
 from mplp_graph.runtime import draws
-from mplp_graph.runtime.state import stored_shape
-
-if TYPE_CHECKING:
-    from mplp_graph.compile.pipeline import Program
+from mplp_graph.runtime.lower import State, run_kernel, write
+from mplp_graph.runtime.route import combine
 
 
-def batch_size_of(prog: "Program", state: State) -> int:
+def batch_size_of(prog: CompiledGraph, state: State) -> int:
     for gname, group in prog.spec.groups.items():
         for fname, f in group.state.items():
             if f.batched:
@@ -46,7 +45,7 @@ def kernel_params(kernel: Kernel, params: Any) -> Any:
 
 
 def run_stage(
-    prog: "Program", kernels: tuple[Kernel, ...], params: Any, state: State, side: dict | None = None, fire: tuple | None = None
+    prog: CompiledGraph, kernels: tuple[Kernel, ...], params: Any, state: State, side: dict | None = None, fire: tuple | None = None
 ) -> State:
     """Run one stage. ``fire = (key, stage index, p)``: keep each written group's new values only
     at the agents of its random mask (the others keep their old values)."""
@@ -75,7 +74,7 @@ def run_stage(
     return new
 
 
-def _keep_fired(prog: "Program", old: State, new: State, written: list[tuple[str, str]], fire: tuple) -> State:
+def _keep_fired(prog: CompiledGraph, old: State, new: State, written: list[tuple[str, str]], fire: tuple) -> State:
     key, stage, p = fire
     groups = list(prog.spec.groups)
     masks: dict[str, Any] = {}
@@ -88,12 +87,12 @@ def _keep_fired(prog: "Program", old: State, new: State, written: list[tuple[str
     return new
 
 
-def counter_value(prog: "Program", state: State) -> Any:
+def counter_value(prog: CompiledGraph, state: State) -> Any:
     ref = draws.rng_ref(prog.spec)
     return state[ref[0]][ref[1]] if ref is not None else jnp.zeros((), jnp.int32)
 
 
-def run_phase(prog: "Program", phase: str, params: Any, state: State, side: dict | None = None, occurrence: int = 0) -> State:
+def run_phase(prog: CompiledGraph, phase: str, params: Any, state: State, side: dict | None = None, occurrence: int = 0) -> State:
     """Run one phase's stages. ``occurrence``: how many times the phase already ran in this step
     (a random phase draws anew for each run)."""
     if phase not in prog.phases:
@@ -124,7 +123,7 @@ def run_phase(prog: "Program", phase: str, params: Any, state: State, side: dict
     return jax.lax.fori_loop(0, len(stages), lambda t, s: jax.lax.switch(order[t], branches, s), state)
 
 
-def run_step_phases(prog: "Program", params: Any, state: State, side: dict | None = None) -> State:
+def run_step_phases(prog: CompiledGraph, params: Any, state: State, side: dict | None = None) -> State:
     """Every phase of ``schedule.step`` in order, then the ``schedule.rng`` counter's increment."""
     seen: dict[str, int] = {}
     for phase in prog.step_phases:
@@ -137,7 +136,7 @@ def run_step_phases(prog: "Program", params: Any, state: State, side: dict | Non
     return state
 
 
-def feed(prog: "Program", state: State, batch: dict[str, Any]) -> State:
+def feed(prog: CompiledGraph, state: State, batch: dict[str, Any]) -> State:
     """Write the batch arrays into the fields named by the graph's ``inputs``."""
     expected = set(prog.spec.inputs)
     if set(batch) != expected:
@@ -161,7 +160,7 @@ def feed(prog: "Program", state: State, batch: dict[str, Any]) -> State:
     return new
 
 
-def outputs(prog: "Program", state: State) -> dict[str, Any]:
+def outputs(prog: CompiledGraph, state: State) -> dict[str, Any]:
     out = {}
     for key, ref in prog.spec.outputs.items():
         g, fname = ref.split(".", 1)
@@ -170,7 +169,7 @@ def outputs(prog: "Program", state: State) -> dict[str, Any]:
 
 
 def step(
-    prog: "Program", params: Any, state: State, batch: dict[str, Any], side: dict | None = None
+    prog: CompiledGraph, params: Any, state: State, batch: dict[str, Any], side: dict | None = None
 ) -> tuple[State, dict[str, Any]]:
     """Feed the batch, run every phase of ``schedule.step`` in order, return the outputs.
     Side outputs of the ops are collected into ``side`` (``{arrow: {name: value}}``) if given."""
@@ -179,7 +178,7 @@ def step(
     return state, outputs(prog, state)
 
 
-def step_carry(prog: "Program", params: Any, carry: State, batch: dict[str, Any]) -> tuple[State, dict[str, Any]]:
+def step_carry(prog: CompiledGraph, params: Any, carry: State, batch: dict[str, Any]) -> tuple[State, dict[str, Any]]:
     """:func:`step` carrying only the persistent fields; the others start as zeros (never read)."""
     b = batch_size_of_carry(prog, carry, batch)
     full = {}
@@ -191,10 +190,16 @@ def step_carry(prog: "Program", params: Any, carry: State, batch: dict[str, Any]
             else:
                 full[g][f] = jnp.zeros(stored_shape(grp, fs, b), fs.dtype)
     state, out = step(prog, params, full, batch)
-    return prog.carry_of(state), out
+    return carry_of(prog, state), out
 
 
-def batch_size_of_carry(prog: "Program", carry: State, batch: dict[str, Any]) -> int:
+def carry_of(prog: CompiledGraph, state: State) -> State:
+    """The persistent fields of a full state; groups without any are left out."""
+    carry = {g: {f: v for f, v in fs.items() if (g, f) in prog.persistent} for g, fs in state.items()}
+    return {g: fs for g, fs in carry.items() if fs}
+
+
+def batch_size_of_carry(prog: CompiledGraph, carry: State, batch: dict[str, Any]) -> int:
     for gname, group in prog.spec.groups.items():
         for fname, f in group.state.items():
             if f.batched and (gname, fname) in prog.persistent:

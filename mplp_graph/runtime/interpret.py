@@ -1,6 +1,6 @@
 """A slow, plainly correct reference interpreter of a graph's step (for tests, never for speed).
 
-It follows the semantics in :mod:`mplp_graph.ir.spec` and :mod:`mplp_graph.compile.schedule`
+It follows the semantics in :mod:`mplp_graph.ir.spec` and :mod:`mplp_graph.ir.schedule`
 with explicit Python loops over stages, arrows, source agents and edges, in NumPy (float64):
 
 * a stage reads the state as it was when the stage began; its writes land together at the end,
@@ -27,11 +27,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from mplp_graph.compile.pipeline import compile_graph
 from mplp_graph.ir.indexmap import bind_sizes, parse_index_map
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec
 from mplp_graph.ops.registry import get_op
 from mplp_graph.runtime import draws
+from mplp_graph.runtime.program import compile_graph
 
 State = dict[str, dict[str, np.ndarray]]
 

@@ -83,16 +83,16 @@ def _locator(file: str | os.PathLike | None):
     """``path -> Location`` in ``file`` (the graph's YAML), or plain YAML paths."""
     if file is None:
         return lambda path: Location(path=path)
-    from mplp_graph.config.issues import _locator as make_locator
-    from mplp_graph.config.yaml_nodes import _Builder, _compose, _decode
+    from mplp_graph.config.issues import locator
+    from mplp_graph.config.yaml_nodes import NodeBuilder, compose_nodes, decode_text
 
     filename = os.fspath(file)
     with open(filename, "rb") as fh:
-        text = _decode(fh.read(), filename)
-    node, anchors = _compose(text, filename)
-    builder = _Builder(filename, anchors)
+        text = decode_text(fh.read(), filename)
+    node, anchors = compose_nodes(text, filename)
+    builder = NodeBuilder(filename, anchors)
     builder.build(node, "")
-    return make_locator(filename, builder.positions)
+    return locator(filename, builder.positions)
 
 
 def check_differentiable(

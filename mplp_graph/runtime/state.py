@@ -1,4 +1,5 @@
-"""Agent state: shapes and initialisation. State is a pytree ``{group: {field: array}}``."""
+"""Agent state: initialisation. State is a pytree ``{group: {field: array}}``; each field has the
+shape :func:`mplp_graph.ir.layout.stored_shape` gives."""
 
 from __future__ import annotations
 
@@ -7,13 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mplp_graph.ir.spec import FieldSpec, GraphSpec, GroupSpec
-
-
-def stored_shape(group: GroupSpec, f: FieldSpec, batch_size: int) -> tuple[int, ...]:
-    """``[B?, *agent_shape (1 along constant axes), *field_shape]``."""
-    agents = tuple(1 if ax in f.constant_along else n for ax, n in enumerate(group.shape))
-    return ((batch_size,) if f.batched else ()) + agents + f.shape
+from mplp_graph.ir.layout import stored_shape
+from mplp_graph.ir.spec import FieldSpec, GraphSpec
 
 
 def init_field(key: Any, f: FieldSpec, shape: tuple[int, ...]) -> Any:

@@ -1,5 +1,6 @@
-"""Pass: lower. Each kernel (the arrows of one stage that share parameters) becomes one op call
-over all their agents, followed by the routing of each arrow's messages.
+"""Lowering, at trace time: each kernel (the arrows of one stage that share parameters, made by
+:mod:`mplp_graph.compile.group`) becomes one op call over all their agents, followed by the
+routing of each arrow's messages.
 
 State layout (see :mod:`mplp_graph.ir.spec`): a field is stored as
 ``[B?, *agent_shape (1 along constant axes), *field_shape]``. :func:`read` and :func:`write`
@@ -8,30 +9,18 @@ convert between that and the kernel layout ``[b, *agent, *feature]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mplp_graph.compile.resolve import ArrowPlan
-from mplp_graph.compile.route import Partial, route_bilinear, route_edges, route_map, sum_axes
+from mplp_graph.compile.group import Kernel, can_fuse_bilinear
+from mplp_graph.ir.resolve import ArrowPlan
 from mplp_graph.ir.spec import FieldSpec
+from mplp_graph.runtime.route import Partial, route_bilinear, route_edges, route_map, sum_axes
 
 State = dict[str, dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """One op call: the arrows (>= 1) of a stage that share a share key."""
-
-    share: str | None
-    arrows: tuple[ArrowPlan, ...]
-
-    @property
-    def op(self):
-        return self.arrows[0].op
 
 
 def read(f: FieldSpec, value: Any) -> Any:
@@ -91,16 +80,6 @@ def _apply_fused(kernel: Kernel, params: Any, inputs_per_arrow: list[list[Any]])
     return results
 
 
-def _can_fuse_bilinear(a: ArrowPlan) -> bool:
-    return (
-        a.op.bilinear
-        and a.spec.aggregate in ("sum", "mean")
-        and not a.conn.is_edges
-        and all(f == (1,) for f in a.in_features)
-        and not a.spec.updates
-    )
-
-
 def _can_mean_apply(kernel: Kernel, fields: dict[str, dict[str, FieldSpec]]) -> bool:
     """One arrow whose outputs all land in fields without a batch axis, and an op that can
     compute the batch mean directly."""
@@ -119,7 +98,7 @@ def run_kernel(
     updates: list[tuple[str, str, Any]] = []
     partials: list[tuple[ArrowPlan, Partial]] = []
     side: dict[str, dict[str, Any]] = {}
-    if len(kernel.arrows) == 1 and _can_fuse_bilinear(kernel.arrows[0]):
+    if len(kernel.arrows) == 1 and can_fuse_bilinear(kernel.arrows[0]):
         a = kernel.arrows[0]
         x, y = inputs[0]
         partials.append((a, route_bilinear(a, x, y, a.spec.aggregate)))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mplp_graph.compile.resolve import ArrowPlan
+from mplp_graph.ir.resolve import ArrowPlan
 
 
 @dataclass(frozen=True)

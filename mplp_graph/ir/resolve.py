@@ -1,5 +1,8 @@
-"""Pass: resolve shapes. Turns each arrow into an :class:`ArrowPlan` with every static fact the
+"""Shape resolution: turns each arrow into an :class:`ArrowPlan` with every static fact the
 lowering needs (op, feature shapes, batch flags, constant axes, connectivity, writes).
+
+A pure function of the IR and the op registry (the IR's type checking), kept beside the IR
+because the verifier reports its errors; the compiler keeps the plans it makes.
 
 Inside kernels every value has layout ``[b, *agent_axes, *feature]`` where ``b`` is the batch
 size or 1, agent axes have their size or 1 (constant along that axis), and a scalar field has

@@ -1,4 +1,7 @@
-"""Pass: schedules. Every phase becomes an ordered tuple of stages (tuples of arrow names).
+"""Schedules: every phase becomes an ordered tuple of stages (tuples of arrow names).
+
+A pure function of the IR, kept beside it because the verifier (a derivable order, no
+conflicting writes), the printer and the compiler all need it.
 
 Stage semantics: the arrows of one stage all read the state as it was when the stage began, and
 their writes land together when it ends, so they are independent and may run in any order.
