@@ -32,7 +32,7 @@ from random_graphs import random_graph
 from test_interpreter import assert_close, check_against_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ("residual_mlp", "rnn", "life_grid", "async_diffusion")
+FILES = ("residual_mlp", "rnn", "rnn_mplp", "life_grid", "async_diffusion")
 HOLE = np.ones((8, 8), bool)
 HOLE[3:5, 2:6] = False
 GLIDER = ((0, 1), (1, 2), (2, 0), (2, 1), (2, 2))
