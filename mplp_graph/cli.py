@@ -212,11 +212,11 @@ def _eval_mnist(setup, params, step, out, command: str, runs: int | None = None,
 
     from mplp_graph.meta.checkpoint import atomic_write_json
     from mplp_graph.meta.eval_mnist import plot_accuracy, table1
-    from mplp_graph.meta.run import baseline_optimizers, git_commit, method_key
+    from mplp_graph.meta.run import baseline_optimizers, git_commit
 
     c = setup.config
     runs = runs or c.eval.runs
-    baselines = {method_key(label): opt for label, opt in baseline_optimizers(c).items()}
+    baselines = dict(baseline_optimizers(c).values())
     metrics, curves, wall = table1(setup, params, jax.random.PRNGKey(c.eval.seed), runs, baselines=baselines, runs_784=runs_784,
                                    split=c.eval.split)
     metrics["meta_steps"] = step

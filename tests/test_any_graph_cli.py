@@ -72,14 +72,19 @@ def test_a_user_task_family_as_module_callable(tmp_path):
     (tmp_path / "my_tasks.py").write_text(textwrap.dedent("""\
         from mplp_graph.tasks.linear import LinearTeacher
 
-        def teachers(inner_steps=5, batch=8, cv_points=32, scale=1.0):
-            return LinearTeacher(n_in=4, n_out=2, inner_steps=inner_steps, batch=batch, cv_points=cv_points, noise=0.01 * scale)
+        def teachers(inner_steps=5, batch=8, scale=1.0):
+            return LinearTeacher(n_in=4, n_out=2, inner_steps=inner_steps, batch=batch, cv_points=16, noise=0.01 * scale)
         """))
     config = _config(tmp_path, family="my_tasks:teachers", args="{scale: 2.0}")
+    config.write_text(config.read_text().replace("  cv_points: 8\n", ""))  # the factory takes no cv_points
     run = tmp_path / "run"
     assert main(["train", str(config), "--run-dir", str(run), "--steps", "2", "--no-progress"]) == 0
     saved = (run / "config.yaml").read_text()
-    assert "my_tasks:teachers" in saved and "scale: 2.0" in saved
+    assert "my_tasks:teachers" in saved and "scale: 2.0" in saved and "cv_points" not in saved
+    # the run folder evaluates with the family its config made, from its own copy of the module
+    assert (run / "my_tasks.py").read_text() == (tmp_path / "my_tasks.py").read_text()
+    assert main(["eval", str(run), "--runs", "3"]) == 0
+    assert json.loads((run / "results.json").read_text())["runs"] == 3
 
 
 def _fails(capsys, tmp_path, config: Path, *needles: str) -> str:

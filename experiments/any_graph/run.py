@@ -11,7 +11,10 @@ against the config's baselines, fresh random prior and task per run), and copies
 ``results.json``, ``eval.png``, ``metrics.jsonl`` and learner (``params.npz``) into
 ``experiments/any_graph/NAME/`` with the commands and wall times (``part.json``). ``collect``
 gathers the parts: metrics ``{name}_{method}_eval_final`` are each method's mean eval loss after
-the last inner step over the runs (lower is better), with the commands that produced them.
+the last inner step over the runs (lower is better), with the commands that produced them; for an
+optimizer evaluated at several rates (``adam_lr0.01``, ``adam_lr0.1``), ``{name}_adam_eval_final``
+is its best rate's figure (chosen on these same evaluation runs, which favours the baseline) and
+``{name}_adam_best_lr`` that rate.
 """
 
 from __future__ import annotations
@@ -44,9 +47,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = HERE / "runs" / name
     rel = lambda p: str(p.relative_to(ROOT))  # noqa: E731
     train_args = ["train", rel(config), "--run-dir", rel(run_dir), "--no-progress"] + (["--steps", str(args.steps)] if args.steps else [])
+    out = HERE / name
+    old = json.loads((out / "part.json").read_text()) if (out / "part.json").exists() else None
     train_cmd, train_s = _cli(*train_args)
     eval_cmd, eval_s = _cli("eval", rel(run_dir))
-    out = HERE / name
+    if old is not None and train_s < 0.05 * old["wall_s"]["train"]:  # the run was complete: the recorded training time stands
+        train_s = old["wall_s"]["train"]
     out.mkdir(exist_ok=True)
     for f in ("results.json", "eval.png", "metrics.jsonl", "params.npz", "config.yaml"):
         shutil.copy(run_dir / f, out / f)
@@ -69,7 +75,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     for ax, name in zip(axes[0], names):
         part = json.loads((HERE / name / "part.json").read_text())
         res = json.loads((HERE / name / "results.json").read_text())
-        methods = sorted({k[: -len("_loss_final")] for k in res["metrics"] if k.endswith("_loss_final")})
+        methods = sorted({k[: -len("_loss_final")] for k in res["metrics"] if k.endswith("_loss_final") and not k.endswith("_seen_loss_final")})
         for method in methods:
             key = f"{name}_{method}_eval_final"
             metrics[key] = res["metrics"][f"{method}_loss_final"]
@@ -80,6 +86,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
             steps = np.arange(len(mu))
             ax.plot(steps, mu, marker="o", label=method)
             ax.fill_between(steps, c[f"{method}_loss_q25"], c[f"{method}_loss_q75"], alpha=0.15)
+        # an optimizer evaluated at several rates: its best rate's figure under the optimizer's name
+        for opt in sorted({m.split("_lr")[0] for m in methods if "_lr" in m}):
+            best = min((m for m in methods if m.startswith(f"{opt}_lr")), key=lambda m: res["metrics"][f"{m}_loss_final"])
+            metrics[f"{name}_{opt}_eval_final"] = metrics[f"{name}_{best}_eval_final"]
+            metrics[f"{name}_{opt}_eval_final_std"] = metrics[f"{name}_{best}_eval_final_std"]
+            metrics[f"{name}_{opt}_best_lr"] = float(best.split("_lr")[1])
+            commands[f"{name}_{opt}_eval_final"] = part["commands"]
         metrics[f"{name}_meta_steps"] = res["metrics"]["meta_steps"]
         parts[name] = {"graph": res["graph"], "config": part["config"], "runs": res["runs"], "wall_s": part["wall_s"], "git_commit": res["git_commit"]}
         ax.set_yscale("log")

@@ -108,16 +108,20 @@ BASELINES = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "nadam", "lion")
 class EvalConfig(_Strict):
     """The evaluation protocol: ``runs`` runs (fresh random prior and task each) of the learned
     protocol and of each baseline, an optax optimizer on the same forward net: ``baselines``
-    maps an optimizer's name to its learning rate (default ``{adam: adam_lr}``)."""
+    maps an optimizer's name to its learning rate, or to a list of rates (default ``{adam:
+    adam_lr}``)."""
 
     runs: int = Field(100, ge=1)
     adam_lr: float = Field(0.01, gt=0)
-    baselines: dict[Literal[BASELINES], Annotated[float, Field(gt=0)]] | None = None
+    baselines: dict[Literal[BASELINES], Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]]] | None = None
     seed: int = 12345
     split: Literal["test", "validation"] = "test"  # validation: model selection, the test set unseen
 
-    def baseline_rates(self) -> dict[str, float]:
-        return dict(self.baselines) if self.baselines is not None else {"adam": self.adam_lr}
+    def baseline_rates(self) -> list[tuple[str, float]]:
+        """``(optimizer name, learning rate)`` pairs, in the config's order."""
+        if self.baselines is None:
+            return [("adam", self.adam_lr)]
+        return [(name, lr) for name, rates in self.baselines.items() for lr in (rates if isinstance(rates, list) else [rates])]
 
 
 class ExperimentConfig(_Strict):
@@ -128,11 +132,14 @@ class ExperimentConfig(_Strict):
     eval: EvalConfig = EvalConfig()
 
     def to_json(self) -> dict[str, Any]:
-        """The config as JSON data that validates again (a run folder's ``config.yaml``, results
-        files): a graph file's config leaves out the template arguments it does not use."""
+        """The config as JSON data that validates again to the same config (a run folder's
+        ``config.yaml``, results files): a graph file's config leaves out the template arguments
+        it does not use, a user family's the task keys its config did not set."""
         data = self.model_dump(mode="json")
         if self.graph.file is not None:
             data["graph"] = {"file": self.graph.file}
+        if self.task.family not in BUILTIN_FAMILIES:  # a user family gets the keys its config gave, no defaults
+            data["task"] = {k: v for k, v in data["task"].items() if k in ("family", "args") or k in self.task.model_fields_set}
         return data
 
 

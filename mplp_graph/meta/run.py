@@ -206,7 +206,7 @@ def build(config: ExperimentConfig, *, data: Any = None, base_dir: str | Path | 
 def load_setup(config_path: str | Path) -> Setup:
     """:func:`build` for a config file (errors located in it)."""
     config, locate = load_experiment(config_path)
-    return build(config, base_dir=Path(config_path).resolve().parent, locate=locate)
+    return build(config, base_dir=Path(config_path).parent, locate=locate)
 
 
 def initial_params(setup: Setup) -> Any:
@@ -236,11 +236,19 @@ def optimizer(config: ExperimentConfig):
 
 
 def write_run_config(setup: Setup, run_dir: Path) -> None:
-    """The run folder's ``config.yaml`` (and ``graph.yaml``, a copy of a graph file's graph, so
-    the folder evaluates and resumes on its own)."""
+    """The run folder's ``config.yaml`` (and ``graph.yaml``, a copy of a graph file's graph, and
+    a copy of a user family's module when it is a file beside the config, so the folder
+    evaluates and resumes on its own)."""
+    import shutil
+
     from mplp_graph.config.load import dump_graph
 
     data = setup.config.to_json()
+    if setup.config.task.family not in FAMILIES and setup.base_dir is not None:
+        module = sys.modules.get(setup.config.task.family.partition(":")[0])
+        source = Path(getattr(module, "__file__", None) or "")
+        if source.is_file() and source.parent.resolve() == setup.base_dir.resolve() and source.suffix == ".py":
+            shutil.copyfile(source, run_dir / source.name)
     if setup.config.graph.file is not None:
         atomic_write_bytes(run_dir / "graph.yaml", dump_graph(setup.prog.spec).encode())
         data["graph"] = {"file": "graph.yaml"}
@@ -309,30 +317,32 @@ def git_commit() -> str:
         return "unknown"
 
 
-def baseline_optimizers(config: ExperimentConfig) -> dict[str, optax.GradientTransformation]:
-    """``{label: optimizer}`` of the config's baselines, e.g. ``{"Adam(0.01)": optax.adam(0.01)}``."""
+def baseline_optimizers(config: ExperimentConfig) -> dict[str, tuple[str, optax.GradientTransformation]]:
+    """``{label: (key, optimizer)}`` of the config's baselines, e.g. ``{"Adam(0.01)": ("adam",
+    optax.adam(0.01))}``. ``key`` prefixes the baseline's metric names: the optimizer's name, or
+    with several rates of one optimizer, name and rate (``adam_lr0.1``)."""
     names = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad", "nadam": "NAdam", "lion": "Lion"}
-    return {f"{names[n]}({lr:g})": getattr(optax, n)(lr) for n, lr in config.eval.baseline_rates().items()}
+    pairs = config.eval.baseline_rates()
+    count = {n: sum(1 for m, _ in pairs if m == n) for n, _ in pairs}
+    return {f"{names[n]}({lr:g})": (n if count[n] == 1 else f"{n}_lr{lr:g}", getattr(optax, n)(lr)) for n, lr in pairs}
 
 
 def evaluate(setup: Setup, params: Any, *, runs: int | None = None, split: str | None = None) -> dict[str, Any]:
     """The learned protocol ``params`` and every baseline of the config through the evaluation
     harness, on the same tasks and random priors: ``{"methods": {label: {metric: (runs, K+1),
-    ...}}, "eval_s": seconds}``; the learned protocol's label is ``"MPLP"``."""
+    ...}}, "keys": {label: metric-name prefix}, "eval_s": seconds}``; the learned protocol's
+    label is ``"MPLP"`` (key ``mplp``)."""
     e = setup.config.eval
     key = jax.random.PRNGKey(e.seed)
     kw = dict(data=setup.data, split=split or e.split)
     runs = runs or e.runs
     t0 = time.perf_counter()
     methods = {"MPLP": evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, runs, **kw)}
-    for label, opt in baseline_optimizers(setup.config).items():
+    keys = {"MPLP": "mplp"}
+    for label, (name, opt) in baseline_optimizers(setup.config).items():
         methods[label] = evaluate_optax(setup.fwd, opt, setup.family, key, runs, **kw)
-    return {"methods": methods, "eval_s": time.perf_counter() - t0}
-
-
-def method_key(label: str) -> str:
-    """``"Adam(0.01)"`` -> ``"adam"``, ``"MPLP"`` -> ``"mplp"``: the prefix of its metric names."""
-    return label.split("(")[0].lower()
+        keys[label] = name
+    return {"methods": methods, "keys": keys, "eval_s": time.perf_counter() - t0}
 
 
 def summarize(results: dict[str, Any], metrics: tuple[str, ...]) -> tuple[dict[str, float], dict[str, list]]:
@@ -342,7 +352,7 @@ def summarize(results: dict[str, Any], metrics: tuple[str, ...]) -> tuple[dict[s
     out: dict[str, float] = {}
     curves: dict[str, list] = {}
     for label, r in results["methods"].items():
-        name = method_key(label)
+        name = results["keys"][label]
         for metric in metrics:
             v = np.asarray(r[metric])
             out[f"{name}_{metric}_final"] = float(v[:, -1].mean())
