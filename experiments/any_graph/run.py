@@ -75,7 +75,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     for ax, name in zip(axes[0], names):
         part = json.loads((HERE / name / "part.json").read_text())
         res = json.loads((HERE / name / "results.json").read_text())
-        methods = sorted({k[: -len("_loss_final")] for k in res["metrics"] if k.endswith("_loss_final") and not k.endswith("_seen_loss_final")})
+        methods = sorted({k[: -len("_loss_final")] for k in res["metrics"] if k.endswith("_loss_final") and not k.endswith("_seen_loss_final")},
+                         key=lambda m: (m != "mplp", m))  # the learned protocol first: the same colour in every panel
         for method in methods:
             key = f"{name}_{method}_eval_final"
             metrics[key] = res["metrics"][f"{method}_loss_final"]
