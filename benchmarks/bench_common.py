@@ -124,15 +124,15 @@ def interleaved_call_times(fns: dict[str, Any], reps: int) -> dict[str, list[flo
     return times
 
 
-def mnist_eval_setup(**graph: Any) -> tuple[Any, Any, Any]:
-    """``(setup, untrained learner params, prepared MNIST splits)`` for the MNIST experiment config
+def mnist_eval_setup(**graph: Any) -> tuple[Any, Any]:
+    """``(setup, untrained learner params)`` for the MNIST experiment config
     (experiments/mnist/config.yaml, one statistics round) with ``graph`` keys overridden, e.g.
-    ``first_layer="rows"``; needs MNIST (docs/data.md)."""
+    ``first_layer="rows"``; ``setup.family`` and ``setup.data`` are the MNIST task family and its
+    arrays (the evaluation protocol's inputs). Needs MNIST (docs/data.md)."""
     from mplp_graph.meta.config import apply_overrides, load_experiment_config
-    from mplp_graph.meta.run import build, initial_params, load_mnist_splits
+    from mplp_graph.meta.run import build, initial_params
 
     config = load_experiment_config(ROOT / "experiments" / "mnist" / "config.yaml")
     config = apply_overrides(config, {"meta.stats_rounds": 1, **{f"graph.{k}": v for k, v in graph.items()}}, "benchmark")
-    prepared, meta = load_mnist_splits(config)
-    setup = build(config, data=meta)
-    return setup, initial_params(setup), prepared
+    setup = build(config)
+    return setup, initial_params(setup)

@@ -34,7 +34,7 @@ from eval_bench import timed  # noqa: E402
 
 from mplp_graph import compile_graph, xla  # noqa: E402
 from mplp_graph.meta.objectives import MetaLoss  # noqa: E402
-from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask  # noqa: E402
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask  # noqa: E402
 from mplp_graph.templates.mplp import mplp_feedforward  # noqa: E402
 
 
@@ -59,16 +59,17 @@ def bench_meta_step(cfg: msb.MetaConfig, rows_list: list, rounds: int, iters: in
 
 
 def bench_eval(runs: int, reps: int, chunk: int) -> dict:
-    from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
+    from mplp_graph.meta.evaluate import evaluate_mplp
 
     out = {}
     for rows in (0, chunk):
-        setup, params, prepared = mnist_eval_setup(chunk_rows=rows)
-        def fn(setup=setup, params=params, prepared=prepared):
-            return evaluate_mplp_mnist(setup.prog, setup.fwd, params, prepared, jax.random.PRNGKey(0), runs)
+        setup, params = mnist_eval_setup(chunk_rows=rows)
 
-        first, median, acc = timed(fn, reps)
-        acc = np.asarray(acc)
+        def fn(setup=setup, params=params):  # accuracy after each update, (runs, steps)
+            return evaluate_mplp(setup.prog, setup.fwd, params, setup.family, jax.random.PRNGKey(0), runs, data=setup.data)["accuracy"][:, 1:]
+
+        first, median, outs, _ = timed({"eval": fn}, reps)
+        first, median, acc = first["eval"], median["eval"], np.asarray(outs["eval"])
         out[f"rows={rows}"] = {"first_call_s": round(first, 2), "median_s": round(median, 2), "mean_acc_last": float(acc[:, -1].mean())}
         print(f"eval rows={rows}: {out[f'rows={rows}']}", flush=True)
     return out

@@ -38,7 +38,7 @@ import jax
 import mplp_graph as mg
 from mplp_graph import xla
 from mplp_graph.meta.objectives import MetaLoss
-from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 options = json.loads(sys.argv[1])
@@ -64,11 +64,10 @@ import json, statistics, sys, time
 import jax
 from mplp_graph import xla
 from mplp_graph.meta import run as R
-from mplp_graph.meta.config import load_experiment_config
-from mplp_graph.meta.train import make_pool, trainable_mask
+from mplp_graph.meta.step import make_pool, trainable_mask
 options, rounds, iters = json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-cfg = load_experiment_config(sys.argv[1])
-setup = R.build(cfg)
+setup = R.load_setup(sys.argv[1])  # graph, task family and its data
+cfg = setup.config
 params = R.initial_params(setup)
 step = R.meta_step(setup)
 pool, mask, opt = make_pool(setup.prog, jax.random.PRNGKey(1), cfg.meta.pool), trainable_mask(params), step.init_opt_state(params)

@@ -58,7 +58,7 @@ from bench_common import interleaved_call_times, mnist_eval_setup, result_header
 
 from mplp_graph import compile_graph, xla  # noqa: E402
 from mplp_graph.meta.objectives import MetaLoss, task_loss  # noqa: E402
-from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask  # noqa: E402
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask  # noqa: E402
 from mplp_graph.templates.mplp import mplp_feedforward  # noqa: E402
 
 
@@ -66,8 +66,8 @@ from mplp_graph.templates.mplp import mplp_feedforward  # noqa: E402
 class VmappedStep(MetaStep):
     """The meta-step with the outer batch always vmapped, even a single task (the old code path)."""
 
-    def batch_loss(self, params, priors, tasks):
-        losses, parts = jax.vmap(lambda pr, t: task_loss(self.prog, self.objective, params, pr, t))(priors, tasks)
+    def batch_loss(self, params, drawn):
+        losses, parts = jax.vmap(lambda pr, t: task_loss(self.prog, self.objective, params, pr, t))(drawn["priors"], drawn["tasks"])
         return jnp.mean(losses), jax.tree_util.tree_map(jnp.mean, parts)
 
 
@@ -148,25 +148,25 @@ def bench_meta_step(cfg: msb.MetaConfig, rounds: int, iters: int, seed: int, no_
 
 
 def bench_eval(runs: int, reps: int) -> dict:
-    from mplp_graph.meta import eval_mnist
+    from mplp_graph.meta import evaluate
 
     key = jax.random.PRNGKey(0)
     fns, first, acc = {}, {}, {}
     for first_layer in ("split", "rows"):
         for library in (True, False):
             name = f"first_layer={first_layer}, {'library' if library else 'XLA default'} options"
-            setup, params, prepared = mnist_eval_setup(first_layer=first_layer)
-            d = eval_mnist.protocol_data(prepared, key, runs, 20, 8)
-            keys = jax.random.split(jax.random.fold_in(key, 1), runs)
-            eval_mnist._mplp_runner.cache_clear()  # a fresh jit, built under this variant's options
+            setup, params = mnist_eval_setup(first_layer=first_layer)
+            tasks, keys = setup.family.eval_tasks(key, runs, setup.data)  # the protocol's runs (evaluate.evaluate)
+            evaluate._runner.cache_clear()  # a fresh jit, built under this variant's options
             os.environ["MPLP_XLA_DEFAULTS"] = "0" if library else "1"
             try:
-                runner = eval_mnist._mplp_runner(setup.prog, setup.fwd, 8)
+                runner = evaluate._runner(evaluate.LearnedProtocol(setup.prog), setup.fwd, tuple(setup.family.metrics), "auto", False)
             finally:
                 os.environ.pop("MPLP_XLA_DEFAULTS")
-            fns[name] = lambda runner=runner, params=params, keys=keys, d=d: runner(params, keys, d)
+            theta = {"learner": params, "prior": None}  # fresh random priors
+            fns[name] = lambda runner=runner, theta=theta, keys=keys, tasks=tasks: runner(theta, keys, tasks)["accuracy"]
             t0 = time.perf_counter()
-            acc[name] = np.asarray(jax.block_until_ready(fns[name]()))
+            acc[name] = np.asarray(jax.block_until_ready(fns[name]()))[:, 1:]  # after each update
             first[name] = round(time.perf_counter() - t0, 2)
             print(f"eval {name}: first call {first[name]} s, mean acc@20 {acc[name][:, -1].mean():.4f}", flush=True)
     base = next(iter(fns))

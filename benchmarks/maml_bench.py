@@ -10,7 +10,7 @@ experiment's first meta-step. Contenders:
 
 * ``maml``: the engine's :class:`mplp_graph.meta.maml.MamlStep` (method ``maml``): the prior alone,
   2 inner SGD(0.05) steps on the forward-only program, second-order meta-gradient of the mean CV
-  loss over the outer batch, :func:`mplp_graph.meta.train.outer_update` (mask, per-leaf
+  loss over the outer batch, :func:`mplp_graph.meta.step.outer_update` (mask, per-leaf
   normalization, Adam, finiteness guard, on the raveled parameters).
 * ``maml_direct``: the same meta-step in plain jax.numpy: the MLP as explicit arrays
   ``W0, W1, W2, b0, b1, b2`` (read from the engine's prior pytree ``{"W<l>": {"w"}, "b<l>": {"b"}}``),
@@ -19,7 +19,8 @@ experiment's first meta-step. Contenders:
   it all; then the outer update written out per array: mask, ``g / (||g||_2 + 1e-8)``, Adam
   (b1 0.9, b2 0.999, eps 1e-7, bias-corrected), the same finiteness guard. Nothing of the
   engine's loss, gradient or optimizer is reused; only the task sampling is shared
-  (:func:`mplp_graph.meta.maml.sample_tasks` over ``family.sample``, so both see the same tasks).
+  (:func:`sample_tasks`: ``family.sample`` over ``split(key, outer_batch)``, the keys of the engine's
+  ``StepFunction.sample_tasks``, so both see the same tasks).
 * ``mplp_faithful``: the engine's :class:`mplp_graph.meta.maml.JointStep` (method ``faithful``:
   learner and prior meta-trained, the message MLPs g frozen by the mask), 2 MPLP inner steps.
   Engine only: there is no hand-written MAML+MPLP version here (the hand-written MPLP inner loop
@@ -88,8 +89,7 @@ import meta_step_bench as msb
 from bench_common import _git, exclusive_device, result_header, round_order, write_json_atomic
 
 from mplp_graph import xla
-from mplp_graph.meta.maml import sample_tasks
-from mplp_graph.meta.train import ADAM_EPS
+from mplp_graph.meta.step import ADAM_EPS
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "maml_bench.json"
 EXPERIMENT = ROOT / "experiments" / "maml" / "run.py"
@@ -114,6 +114,12 @@ def load_experiment() -> Any:
 
 # ---------------------------------------------------------------------------------------------
 # the direct version
+
+
+def sample_tasks(sample_task: Callable[[Any, Any], dict[str, Any]], key: Any, n: int, data: Any = None) -> dict[str, Any]:
+    """``n`` tasks, stacked: ``sample_task(key_i, data)`` for ``key_i`` in ``split(key, n)``, as the
+    engine's step functions draw them (:meth:`mplp_graph.meta.step.StepFunction.sample_tasks`)."""
+    return jax.vmap(lambda k: sample_task(k, data))(jax.random.split(key, n))
 
 
 def direct_net(prior: Any, n_layers: int) -> dict[str, Any]:
@@ -151,7 +157,7 @@ class DirectMamlStep:
     (per-array normalization, then Adam with ``lr``, b1 0.9, b2 0.999, eps 1e-7) is written out
     too; its state is ``{"count", "mu", "nu"}`` with one moment array per parameter array."""
 
-    sample_task: Callable[[Any], dict[str, Any]]
+    sample_task: Callable[[Any, Any], dict[str, Any]]  # family.sample: (key, data) -> task
     outer_batch: int
     lr: float
     inner_lr: float
@@ -182,7 +188,7 @@ class DirectMamlStep:
         nu = {k: ADAM_B2 * opt["nu"][k] + (1 - ADAM_B2) * g[k] * g[k] for k in net}
         new = {k: jnp.where(finite, net[k] - self.lr * (mu[k] / c1) / (jnp.sqrt(nu[k] / c2) + ADAM_EPS), net[k]) for k in net}
         new_opt = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), {"count": t, "mu": mu, "nu": nu}, opt)
-        return new, new_opt, {"loss": loss, "hint": jnp.zeros(()), "cv": loss, "finite": finite}
+        return new, new_opt, {"loss": loss, "cv": loss, "finite": finite}  # the engine's MamlStep metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,7 +252,7 @@ def check_agreement(s: Any, c: dict[str, Contender], family: Any, key: Any, step
     tasks = sample_tasks(family.sample, key, s.outer_batch)
     precise = contextlib.nullcontext() if jax.default_backend() == "cpu" else jax.default_matmul_precision("highest")
     with precise:
-        le, ge = jax.jit(jax.value_and_grad(engine.step.batch_loss))(engine.params, tasks)
+        (le, _), ge = jax.jit(jax.value_and_grad(engine.step.batch_loss, has_aux=True))(engine.params, {"priors": None, "tasks": tasks})
         ld, gd = jax.jit(jax.value_and_grad(direct.step.batch_loss))(direct.params, tasks)
         pe, _, ae = steps["maml"](engine.params, engine.opt, engine.mask, engine.pool, key)
         pd, _, ad = steps["maml_direct"](direct.params, direct.opt, direct.mask, direct.pool, key)

@@ -27,7 +27,7 @@ from mplp_graph import xla
 from mplp_graph.runtime.program import compile_graph
 from mplp_graph.meta.checkpoint import atomic_write_json
 from mplp_graph.meta.objectives import MetaLoss
-from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
 from mplp_graph.templates.mplp import mplp_feedforward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

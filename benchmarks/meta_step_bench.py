@@ -1,6 +1,6 @@
 """Benchmark: one full meta-step of the engine vs the same meta-step written by hand.
 
-The engine's meta-step is the jitted :class:`mplp_graph.meta.train.MetaStep` call: distinct
+The engine's meta-step is the jitted :class:`mplp_graph.meta.step.MetaStep` call: distinct
 priors drawn from a pool, tasks sampled, the outer batch's tasks run (one after another on the
 CPU, vmapped elsewhere: ``meta.outer_batch_mode``; the direct version vmaps them), the inner steps scanned
 (``Program.step_carry``), hint + CV loss, meta-gradient, per-leaf gradient normalization, Adam.
@@ -86,7 +86,7 @@ from mplp_graph import xla
 from mplp_graph.runtime.program import Program, compile_graph
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import ADAM_EPS, MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.step import ADAM_EPS, MetaStep, adam, make_pool, trainable_mask
 from mplp_graph.ops.builtin import CE_CLIP
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
@@ -141,7 +141,8 @@ ALL_CONFIGS = CONFIGS + SCALING
 @dataclass(frozen=True)
 class RandomClassFamily:
     """MNIST-shaped tasks for timing: standard normal inputs, uniformly random one-hot labels.
-    ``sample`` returns the keys of :meth:`SinusoidFamily.sample`: xt (K, B, in), yt, xe (N, in), ye."""
+    ``sample(key, data=None)`` (a synthetic family: no data) returns the keys of
+    :meth:`SinusoidFamily.sample`: xt (K, B, in), yt, xe (N, in), ye."""
 
     inner_steps: int
     batch: int
@@ -149,7 +150,7 @@ class RandomClassFamily:
     n_in: int
     n_out: int
 
-    def sample(self, key: Any) -> dict[str, Any]:
+    def sample(self, key: Any, data: Any = None) -> dict[str, Any]:
         kx, ky, ke, kl = jax.random.split(key, 4)
         k, b, n = self.inner_steps, self.batch, self.cv_points
         return {
@@ -336,7 +337,7 @@ class DirectMetaStep:
     Adam (``lr``, b1 0.9, b2 0.999, eps 1e-7) written out."""
 
     cfg: MetaConfig
-    sample_task: Callable[[Any], dict[str, Any]]
+    sample_task: Callable[[Any, Any], dict[str, Any]]  # family.sample: (key, data) -> task
     remat: bool = False  # inner steps under jax.checkpoint (the engine's default does this)
 
     def batch_loss(self, params: Any, priors: Any, tasks: dict[str, Any]) -> tuple[Any, dict]:
@@ -352,7 +353,7 @@ class DirectMetaStep:
         n_pool = jax.tree_util.tree_leaves(pool)[0].shape[0]
         idx = jax.random.choice(k_pool, n_pool, (self.cfg.outer_batch,), replace=False)
         priors = jax.tree_util.tree_map(lambda a: a[idx], pool)
-        tasks = jax.vmap(self.sample_task)(jax.random.split(k_task, self.cfg.outer_batch))
+        tasks = jax.vmap(lambda k: self.sample_task(k, None))(jax.random.split(k_task, self.cfg.outer_batch))
         (loss, parts), grads = jax.value_and_grad(self.batch_loss, has_aux=True)(params, priors, tasks)
         # the update on the raveled parameters, as the engine's meta-step does it (one vector for
         # ~180 leaves: a few XLA kernels instead of ~1,500)
@@ -453,7 +454,7 @@ def check_agreement(b: Bench, key: Any, steps: dict[str, Callable], grad_tol: fl
     tasks = jax.vmap(b.family.sample)(jax.random.split(k_task, cfg.outer_batch))
     precise = contextlib.nullcontext() if jax.default_backend() == "cpu" else jax.default_matmul_precision("highest")
     with precise:
-        vg_e = jax.jit(jax.value_and_grad(b.engine.batch_loss, has_aux=True))
+        vg_e = jax.jit(jax.value_and_grad(lambda p, pr, t: b.engine.batch_loss(p, {"priors": pr, "tasks": t}), has_aux=True))
         vg_d = jax.jit(jax.value_and_grad(b.direct.batch_loss, has_aux=True))
         (le, pe), ge = vg_e(b.params, priors, tasks)
         (ld, pd), gd = vg_d(b.params, priors, tasks)

@@ -39,16 +39,15 @@ from bench_common import (  # benchmarks/ is on sys.path
 
 from mplp_graph import xla
 from mplp_graph.meta.config import ExperimentConfig
-from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
 from mplp_graph.meta.evaluate import evaluate_mplp
 from mplp_graph.meta.run import (
     build,
     initial_params,
-    load_mnist_splits,
     load_params_file,
+    make_family,
     meta_step,
 )
-from mplp_graph.meta.train import make_pool, trainable_mask
+from mplp_graph.meta.step import make_pool, trainable_mask
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -101,20 +100,19 @@ def sinusoid_inference(runs: int) -> dict:
     for matmul in PRECISIONS:
         setup = build(config("sinusoid", matmul))
         params = load_params_file(setup, ROOT / "experiments/sinusoid/learner.npz")
-        ev = np.asarray(evaluate_mplp(setup.prog, setup.fwd, params, setup.family, jax.random.PRNGKey(12346), runs)["eval"])
+        ev = np.asarray(evaluate_mplp(setup.prog, setup.fwd, params, setup.family, jax.random.PRNGKey(12346), runs)["loss"])
         out[matmul] = {"eval_l2_step5": float(ev[:, -1].mean()), "std": float(ev[:, -1].std()), "curve": ev.mean(0).round(6).tolist()}
     return out
 
 
-def mnist_inference(runs: int, meta) -> dict:
+def mnist_inference(runs: int, data) -> dict:
     out = {}
-    val = {"train_x": np.asarray(meta["train_x"]), "train_y": np.asarray(meta["train_y"]),
-           "test_x": np.asarray(meta["val_x"]), "test_y": np.asarray(meta["val_y"])}
     for matmul in PRECISIONS:
-        setup = build(config("mnist", matmul), data=meta)
+        setup = build(config("mnist", matmul), data=data)
         params = load_params_file(setup, ROOT / "experiments/mnist/learner.npz")
-        t = setup.config.task
-        acc = np.asarray(evaluate_mplp_mnist(setup.prog, setup.fwd, params, val, jax.random.PRNGKey(12346), runs, t.inner_steps, t.batch))
+        # the protocol on the validation split (inner batches from the meta-training split), accuracy after each update
+        r = evaluate_mplp(setup.prog, setup.fwd, params, setup.family, jax.random.PRNGKey(12346), runs, data=setup.data, split="validation")
+        acc = np.asarray(r["accuracy"])[:, 1:]
         out[matmul] = {"val_acc20": float(acc[:, -1].mean()), "std": float(acc[:, -1].std())}
     return out
 
@@ -140,7 +138,7 @@ def sinusoid_training(steps: int, eval_runs: int) -> dict:
         wall = time.perf_counter() - t0
         # evaluate both results with float32 matmuls, so only the training differs
         ev_setup = build(config("sinusoid", "float32"))
-        ev = np.asarray(evaluate_mplp(ev_setup.prog, ev_setup.fwd, params, ev_setup.family, jax.random.PRNGKey(12346), eval_runs)["eval"])
+        ev = np.asarray(evaluate_mplp(ev_setup.prog, ev_setup.fwd, params, ev_setup.family, jax.random.PRNGKey(12346), eval_runs)["loss"])
         tail = max(1, steps // 10)
         out[matmul] = {"meta_loss_last10pct": float(losses[-tail:].mean()), "meta_loss_first10pct": float(losses[:tail].mean()),
                        "eval_l2_step5": float(ev[:, -1].mean()), "std": float(ev[:, -1].std()), "train_s": round(wall, 1),
@@ -170,7 +168,7 @@ def main(argv=None) -> int:
         "inference_learners": {name: {"file": f"experiments/{name}/learner.npz", "sha256": _sha256(ROOT / "experiments" / name / "learner.npz")}
                                for name in ("sinusoid", "mnist")},
     }
-    _, meta = load_mnist_splits(config("mnist", "float32"))
+    meta = make_family(config("mnist", "float32").task).load()  # the MNIST family's arrays, loaded once
     doc["speed"] = {"sinusoid": speed("sinusoid", args.rounds, args.iters), "mnist": speed("mnist", args.rounds, args.mnist_iters, meta)}
     print("speed", {k: v["bf16_over_f32"] for k, v in doc["speed"].items()}, flush=True)
     write_json_atomic(args.out, doc)  # each part as it is done: a run cut off keeps what finished

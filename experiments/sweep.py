@@ -1,5 +1,5 @@
 """Meta-train K runs of one experiment config together (seeds x learning-rate multipliers), as one
-vmapped program (:mod:`mplp_graph.meta.sweep`).
+vmapped program (:func:`mplp_graph.meta.train.meta_train` with ``runs=K``; :mod:`mplp_graph.meta.sweep`).
 
     python experiments/sweep.py --config experiments/sinusoid/config.yaml --run-dir runs/sin_sweep \\
         --seeds 0 1 2 3 --lr-mults 1 1 3 3 --steps 40000 --time-budget 3600
@@ -23,12 +23,13 @@ import jax.numpy as jnp
 import yaml
 
 from mplp_graph.cache import enable_compilation_cache
-from mplp_graph.meta.checkpoint import atomic_write_bytes
 from mplp_graph.errors import MplpGraphError
-from mplp_graph.meta.config import apply_overrides, load_experiment_config
-from mplp_graph.meta.run import build, initial_params, meta_step
-from mplp_graph.meta.sweep import meta_train_sweep, stack
-from mplp_graph.meta.train import make_pool, trainable_mask
+from mplp_graph.meta.checkpoint import atomic_write_bytes
+from mplp_graph.meta.config import apply_overrides, load_experiment
+from mplp_graph.meta.run import build, initial_params, meta_step, write_run_config
+from mplp_graph.meta.step import make_pool, trainable_mask
+from mplp_graph.meta.sweep import stack
+from mplp_graph.meta.train import meta_train
 
 
 def main(argv=None) -> int:
@@ -56,21 +57,25 @@ def main(argv=None) -> int:
             ap.error(f"--set {item}: expected SECTION.KEY=VALUE, e.g. meta.outer_batch=4")
         overrides[key] = yaml.safe_load(value)
     try:  # located errors: file:line:col for the config, --set KEY for the overrides
-        config = apply_overrides(load_experiment_config(args.config), overrides, "--set")
+        config, locate = load_experiment(args.config)
+        config = apply_overrides(config, overrides, "--set")
     except MplpGraphError as e:
         ap.error(str(e))
     mults = args.lr_mults or [1.0] * len(args.seeds)
     if len(mults) != len(args.seeds):
         ap.error(f"--lr-mults has {len(mults)} values for {len(args.seeds)} seeds")
+    t0 = time.perf_counter()
+    try:  # the graph (a graph file relative to the config's folder), the task family and its data
+        setup = build(config, base_dir=Path(args.config).resolve().parent, locate=locate)
+    except MplpGraphError as e:
+        ap.error(str(e))
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(run_dir / "config.yaml", yaml.safe_dump(config.to_json(), sort_keys=False).encode())
+    write_run_config(setup, run_dir)  # config.yaml (and graph.yaml for a graph file)
     command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     sweep_doc = {"seeds": args.seeds, "lr_mults": mults, "command": command, "device": str(jax.devices()[0])}
     atomic_write_bytes(run_dir / "sweep.json", json.dumps(sweep_doc, indent=1).encode())
 
-    t0 = time.perf_counter()
-    setup = build(config)
     runs = []
     for seed in args.seeds:
         cfg = config.model_copy(update={"meta": config.meta.model_copy(update={"seed": seed})})
@@ -99,13 +104,14 @@ def main(argv=None) -> int:
     mask = trainable_mask(runs[0])
     print(f"setup {time.perf_counter() - t0:.1f} s; {len(args.seeds)} runs on {jax.devices()[0]}", flush=True)
     t1 = time.perf_counter()
-    _, done, history = meta_train_sweep(
-        meta_step(setup), params, mask, pools, keys, mults, m.steps, run_dir, data=setup.data,
+    _, history = meta_train(
+        meta_step(setup), params, mask, pools, keys, m.steps, run_dir, runs=len(args.seeds), lr_mult=mults, data=setup.data,
         time_budget=args.time_budget, checkpoint_every=m.checkpoint_every, log_every=args.log_every, keep=args.keep,
         progress=not args.no_progress, meta={"experiment": config.experiment, **sweep_doc},
     )
     wall = time.perf_counter() - t1
     last = history[-1] if history else {}
+    done = last.get("step", 0)
     sweep_doc.update({"steps_done": done, "train_wall_s": round(wall, 1), "last": last})
     atomic_write_bytes(run_dir / "sweep.json", json.dumps(sweep_doc, indent=1).encode())
     print(json.dumps({"steps_done": done, "train_wall_s": round(wall, 1), "last_loss": last.get("loss"), "step_s": last.get("step_s")}), flush=True)

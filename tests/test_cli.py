@@ -97,7 +97,9 @@ def test_train_and_eval_tiny_config(tmp_path, capsys):
     assert main(["train", str(cfg), "--run-dir", str(run), "--no-progress"]) == 0
     assert (run / "ckpt_00000002.npz").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert main(["eval", str(run), "--out", str(tmp_path / "ev")]) == 0
-    assert "mplp_eval_l2_step2" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mplp_loss_final" in out and "adam_loss_final" in out
+    assert (tmp_path / "ev" / "results.json").exists() and (tmp_path / "ev" / "eval.png").exists()
     bad = tmp_path / "bad.yaml"
     bad.write_text("meta: {steps: -1, stepz: 3}\n")
     assert main(["train", str(bad)]) == 2
@@ -107,7 +109,8 @@ def test_train_and_eval_tiny_config(tmp_path, capsys):
 
 def test_train_and_eval_an_mnist_config(tmp_path, capsys):
     """`train` meta-trains an MNIST config (task family mnist, validation split) and `eval` runs
-    the MNIST protocol (accuracy after each step) for MPLP, Adam and SGD."""
+    the MNIST protocol (accuracy before and after each step) for MPLP and the config's baselines,
+    Adam and SGD."""
     pytest.importorskip("zarr")
     cfg = tmp_path / "mnist_tiny.yaml"
     cfg.write_text(
@@ -115,7 +118,7 @@ def test_train_and_eval_an_mnist_config(tmp_path, capsys):
         "graph: {sizes: [144, 8, 10], activation: sigmoid, loss: ce, msg: 2, hidden: 3, sharing: layers}\n"
         "task: {family: mnist, inner_steps: 2, batch: 4, cv_points: 4, validation: 1000}\n"
         "meta: {steps: 1, outer_batch: 1, pool: 2, lr: 5.0e-4, stats_rounds: 1, checkpoint_every: 1}\n"
-        "eval: {runs: 3}\n"
+        "eval: {runs: 3, baselines: {adam: 0.01, sgd: 0.1}}\n"
     )
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--run-dir", str(run), "--no-progress"]) == 0
@@ -125,19 +128,21 @@ def test_train_and_eval_an_mnist_config(tmp_path, capsys):
 
     doc = json.loads((run / "results.json").read_text())
     for name in ("mplp", "adam", "sgd"):
-        acc = doc["curves"][f"{name}_acc_mean"]
-        assert len(acc) == 2 and all(0.0 <= a <= 100.0 for a in acc)
-    assert doc["metrics"]["meta_steps"] == 1 and "mplp_acc20" in out
-    assert (run / "mnist.png").stat().st_size > 10_000
+        acc = doc["curves"][f"{name}_accuracy_mean"]  # before any update, then after each of the 2
+        assert len(acc) == 3 and all(0.0 <= a <= 100.0 for a in acc)
+    assert doc["metrics"]["meta_steps"] == 1 and "mplp_accuracy_final" in out
+    assert (run / "eval.png").stat().st_size > 10_000
     # the same learner saved alone (as experiments/mnist/learner.npz) reproduces the numbers
     # without the run folder, and --transfers adds the step and (784, 100, 10) rows of Table 1
-    from mplp_graph.meta.run import load_trained, save_params_file
+    from mplp_graph.meta.checkpoint import save_params_file
+    from mplp_graph.meta.run import load_trained
 
     save_params_file(tmp_path / "learner.npz", load_trained(run)[1])
     ev = tmp_path / "ev"
     assert main(["eval", "--config", str(cfg), "--learner", str(tmp_path / "learner.npz"), "--transfers", "--runs-784", "1", "--out", str(ev)]) == 0
     doc2 = json.loads((ev / "results.json").read_text())
-    assert doc2["curves"]["mplp_acc_mean"] == doc["curves"]["mplp_acc_mean"]
+    assert doc2["curves"]["mplp_acc_mean"] == doc["curves"]["mplp_accuracy_mean"][1:]  # Table 1: after each update
+    assert (ev / "mnist.png").stat().st_size > 10_000
     assert len(doc2["curves"]["step_acc_mean"]) == 2 and doc2["metrics"]["784_runs"] == 1 and "784_acc20" in doc2["metrics"]
     capsys.readouterr()
     assert main(["eval", "--learner", str(tmp_path / "learner.npz"), "--out", str(ev)]) == 2

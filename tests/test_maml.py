@@ -17,7 +17,8 @@ from mplp_graph.meta.maml import (
     sgd_step,
     trace_maml,
 )
-from mplp_graph.meta.train import adam, meta_train, trainable_mask
+from mplp_graph.meta.step import adam, trainable_mask
+from mplp_graph.meta.train import meta_train
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 
@@ -103,9 +104,12 @@ def test_first_and_second_order_maml_differ(fwd):
     tasks = jax.vmap(FAMILY.sample)(jax.random.split(KEY, 2))
     so = MamlStep(fwd, FAMILY.sample, 2, adam(1e-3))
     fo = MamlStep(fwd, FAMILY.sample, 2, adam(1e-3), first_order=True)
-    g_so = jax.jit(jax.grad(so.batch_loss))(prior, tasks)
-    g_fo = jax.jit(jax.grad(fo.batch_loss))(prior, tasks)
-    np.testing.assert_allclose(jax.jit(so.batch_loss)(prior, tasks), jax.jit(fo.batch_loss)(prior, tasks), rtol=1e-6)  # same forward
+    drawn = {"priors": None, "tasks": tasks}
+    g_so = jax.jit(jax.grad(so.batch_loss, has_aux=True))(prior, drawn)[0]
+    g_fo = jax.jit(jax.grad(fo.batch_loss, has_aux=True))(prior, drawn)[0]
+    l_so, parts = jax.jit(so.batch_loss)(prior, drawn)
+    np.testing.assert_allclose(l_so, jax.jit(fo.batch_loss)(prior, drawn)[0], rtol=1e-6)  # same forward
+    assert set(parts) == {"cv"} and float(parts["cv"]) == float(l_so)  # MAML's meta-loss is its CV loss
 
     # first order = the CV gradient taken at the adapted parameters, averaged over tasks
     def cv_grad_at_adapted(task):
@@ -145,6 +149,6 @@ def test_maml_evaluation_and_trace_agree(fwd):
     prior = initial_prior(fwd, jax.random.PRNGKey(1))
     ev = evaluate_maml(fwd, prior, FAMILY, KEY, runs=3)
     tr = trace_maml(fwd, prior, FAMILY, KEY, runs=3)
-    assert ev["eval"].shape == (3, 3) and tr["pred"].shape == (3, 3, FAMILY.eval_points)
+    assert ev["loss"].shape == (3, 3) and tr["pred"].shape == (3, 3, FAMILY.eval_points)
     l2 = jnp.mean(0.5 * (tr["pred"] - tr["y"][:, None]) ** 2, -1)
-    np.testing.assert_allclose(l2, ev["eval"], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(l2, ev["loss"], rtol=1e-4, atol=1e-7)

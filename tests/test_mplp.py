@@ -11,7 +11,7 @@ from mplp_graph.learners.standardize import channel_stats
 from mplp_graph.meta.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import MetaStep, adam, make_pool, normalize_per_leaf, outer_update, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, normalize_per_leaf, outer_update, trainable_mask
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
@@ -129,7 +129,7 @@ def test_meta_gradient_finite_nonzero_for_every_trainable_leaf(tiny_meta):
     prog, params, pool, step = tiny_meta
     priors = jax.tree_util.tree_map(lambda a: a[:2], pool)
     tasks = jax.vmap(FAMILY.sample)(jax.random.split(jax.random.PRNGKey(5), 2))
-    grads = jax.grad(lambda p: step.batch_loss(p, priors, tasks)[0])(params)
+    grads = jax.grad(lambda p: step.batch_loss(p, {"priors": priors, "tasks": tasks})[0])(params)
     mask = trainable_mask(params)
     flat_g = jax.tree_util.tree_leaves_with_path(grads)
     flat_m = jax.tree_util.tree_leaves(mask)
@@ -146,7 +146,7 @@ def test_meta_steps_lower_meta_loss(tiny_meta):
     priors = jax.tree_util.tree_map(lambda a: a[:2], pool)
     tasks = jax.vmap(FAMILY.sample)(jax.random.split(jax.random.PRNGKey(5), 2))
     mask = trainable_mask(params)
-    loss_fn = jax.jit(lambda p: step.batch_loss(p, priors, tasks)[0])
+    loss_fn = jax.jit(lambda p: step.batch_loss(p, {"priors": priors, "tasks": tasks})[0])
 
     @jax.jit
     def update(p, o):

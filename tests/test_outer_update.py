@@ -1,4 +1,4 @@
-"""The meta-steps' outer update on raveled parameters (mplp_graph.meta.train.outer_update) equals
+"""The meta-steps' outer update on raveled parameters (mplp_graph.meta.step.outer_update) equals
 the per-leaf update it replaces, keeps the guard's and the mask's guarantees, refuses a per-leaf
 optimizer state, and old checkpoints (per-leaf Adam moments) still resume."""
 
@@ -12,7 +12,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from mplp_graph.meta.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
-from mplp_graph.meta.train import adam, init_opt_state, normalize_per_leaf, outer_update, restore_train_state
+from mplp_graph.meta.step import adam, init_opt_state, normalize_per_leaf, outer_update
+from mplp_graph.meta.train import restore_train_state
 
 
 def _tree(key, scale=1.0):

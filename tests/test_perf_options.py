@@ -11,7 +11,8 @@ import mplp_graph as mg
 from mplp_graph.errors import MplpGraphError
 from mplp_graph.learners.nets import chunk_plan, chunked, gru_apply, gru_init
 from mplp_graph.meta.objectives import MetaLoss
-from mplp_graph.meta.train import FAST_COMPILE, MetaStep, _jit_step, adam, make_pool, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.train import FAST_COMPILE, _jit_step
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 
@@ -57,7 +58,7 @@ def _meta(learner, rows):
     tasks = jax.vmap(family.sample)(jax.random.split(jax.random.PRNGKey(2), 2))
     tasks = {**tasks, "xt": jnp.repeat(tasks["xt"], 4, -1), "xe": jnp.repeat(tasks["xe"], 4, -1),
              "yt": jnp.repeat(tasks["yt"], 3, -1), "ye": jnp.repeat(tasks["ye"], 3, -1)}
-    loss = lambda p: step.batch_loss(p, pool, tasks)[0]  # noqa: E731
+    loss = lambda p: step.batch_loss(p, {"priors": pool, "tasks": tasks})[0]  # noqa: E731
     n_scans = str(jax.make_jaxpr(loss)(params)).count("scan[")
     return spec, n_scans, jax.value_and_grad(loss)(params)
 
@@ -175,7 +176,7 @@ def test_single_task_meta_step_equals_the_vmapped_one():
         losses, _ = jax.vmap(lambda pr, t: task_loss(prog, MetaLoss(), p, pr, t))(prior, task)
         return jnp.mean(losses)
 
-    l1, g1 = jax.value_and_grad(lambda p: step.batch_loss(p, prior, task)[0])(params)
+    l1, g1 = jax.value_and_grad(lambda p: step.batch_loss(p, {"priors": prior, "tasks": task})[0])(params)
     l2, g2 = jax.value_and_grad(vmapped)(params)
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2), strict=True):
@@ -195,12 +196,12 @@ def test_outer_batch_modes_give_the_same_loss_and_gradient(joint):
     if joint:
         params = joint_params(prog, family, jax.random.PRNGKey(0))
         steps = {m: JointStep(prog, family.sample, 3, adam(1e-3), outer_batch_mode=m) for m in ("vmap", "map")}
-        run = {m: (lambda p, s=s: s.batch_loss(p, tasks)) for m, s in steps.items()}
+        run = {m: (lambda p, s=s: s.batch_loss(p, {"priors": None, "tasks": tasks})) for m, s in steps.items()}
     else:
         params = prog.init_params(jax.random.PRNGKey(0))
         priors = make_pool(prog, jax.random.PRNGKey(1), 3)
         steps = {m: MetaStep(prog, family.sample, MetaLoss(), 3, adam(1e-3), outer_batch_mode=m) for m in ("vmap", "map")}
-        run = {m: (lambda p, s=s: s.batch_loss(p, priors, tasks)) for m, s in steps.items()}
+        run = {m: (lambda p, s=s: s.batch_loss(p, {"priors": priors, "tasks": tasks})) for m, s in steps.items()}
     (l1, parts1), g1 = jax.value_and_grad(run["vmap"], has_aux=True)(params)
     (l2, parts2), g2 = jax.value_and_grad(run["map"], has_aux=True)(params)
     assert float(l1) > 0 and sorted(parts1) == sorted(parts2)
@@ -223,26 +224,30 @@ def test_outer_batch_modes_give_the_same_loss_and_gradient(joint):
 def test_evaluation_runs_vmapped_or_in_a_loop_give_the_same_results():
     """The MPLP evaluations (sinusoid protocol and MNIST-shaped protocol on random data) with the
     runs vmapped or one after another: the same numbers."""
-    from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
     from mplp_graph.meta.evaluate import evaluate_mplp
+    from mplp_graph.tasks.mnist import MnistFamily
 
     family = SinusoidFamily(inner_steps=2, batch=4, cv_points=8)
     prog = mg.compile_graph(mplp_feedforward((1, 6, 1), msg=3, hidden=2))
     fwd = mg.compile_graph(mg.feedforward((1, 6, 1), "relu", "l2", lr=0.1))
     params = prog.init_params(jax.random.PRNGKey(0))
     r = {m: evaluate_mplp(prog, fwd, params, family, jax.random.PRNGKey(3), runs=3, mode=m) for m in ("vmap", "map")}
-    assert r["vmap"]["eval"].shape == (3, 3)
-    for k in ("eval", "train", "pred"):
+    assert r["vmap"]["loss"].shape == (3, 3)
+    for k in ("loss", "seen_loss", "pred"):
         np.testing.assert_allclose(r["map"][k], r["vmap"][k], rtol=1e-5, atol=1e-7)
 
     rng = np.random.default_rng(0)
     onehot = lambda n: np.eye(3, dtype=np.float32)[rng.integers(0, 3, n)]
-    data = {"train_x": rng.normal(size=(64, 5)).astype(np.float32), "train_y": onehot(64),
+    train_x, train_y = rng.normal(size=(64, 5)).astype(np.float32), onehot(64)
+    # the test split's inner batches come from the training and validation splits, in that order
+    data = {"train_x": train_x[:48], "train_y": train_y[:48], "val_x": train_x[48:], "val_y": train_y[48:],
             "test_x": rng.normal(size=(150, 5)).astype(np.float32), "test_y": onehot(150)}
+    mnist_like = MnistFamily(inner_steps=2, batch=4)
     prog = mg.compile_graph(mplp_feedforward((5, 4, 3), "sigmoid", "ce", msg=2, hidden=2))
     fwd = mg.compile_graph(mg.feedforward((5, 4, 3), "sigmoid", "ce", lr=0.1))
     params = prog.init_params(jax.random.PRNGKey(1))
-    acc = {m: evaluate_mplp_mnist(prog, fwd, params, data, jax.random.PRNGKey(4), runs=3, steps=2, batch=4, mode=m) for m in ("vmap", "map")}
+    res = {m: evaluate_mplp(prog, fwd, params, mnist_like, jax.random.PRNGKey(4), runs=3, data=data, mode=m) for m in ("vmap", "map")}
+    acc = {m: r["accuracy"][:, 1:] for m, r in res.items()}  # after each update (column 0: before any)
     assert acc["vmap"].shape == (3, 2) and np.all((acc["vmap"] >= 0) & (acc["vmap"] <= 100))
     np.testing.assert_allclose(acc["map"], acc["vmap"], atol=1e-4)
 

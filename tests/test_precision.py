@@ -9,7 +9,7 @@ import pytest
 import mplp_graph as mg
 from mplp_graph.learners.nets import dot, gru_apply, gru_init
 from mplp_graph.meta.objectives import MetaLoss
-from mplp_graph.meta.train import MetaStep, adam, make_pool
+from mplp_graph.meta.step import MetaStep, adam, make_pool
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 
@@ -50,7 +50,7 @@ def test_graph_option_meta_gradient_close_to_float32():
         pool = make_pool(prog, jax.random.PRNGKey(1), 2)
         step = MetaStep(prog, family.sample, MetaLoss(), 2, adam(1e-3))
         tasks = jax.vmap(family.sample)(jax.random.split(jax.random.PRNGKey(2), 2))
-        grads[matmul] = jax.grad(lambda p, step=step, pool=pool, tasks=tasks: step.batch_loss(p, pool, tasks)[0])(params)
+        grads[matmul] = jax.grad(lambda p, step=step, pool=pool, tasks=tasks: step.batch_loss(p, {"priors": pool, "tasks": tasks})[0])(params)
     flat32 = jax.tree_util.tree_leaves(grads["float32"])
     flat16 = jax.tree_util.tree_leaves(grads["bfloat16"])
     g32 = np.concatenate([np.ravel(g) for g in flat32])

@@ -30,7 +30,8 @@ from mplp_graph.meta.checkpoint import (
 )
 from mplp_graph.meta.guard import NonFiniteError
 from mplp_graph.meta.objectives import MetaLoss
-from mplp_graph.meta.train import MetaStep, adam, make_pool, meta_train, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.train import meta_train
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 
@@ -108,7 +109,8 @@ def test_same_seed_gives_bitwise_identical_runs(tiny, tmp_path):
 
 def test_manifest_records_version_graph_key_config_and_checksum(tiny, tmp_path):
     train(tiny, tmp_path, 2, meta={"experiment": "tiny"}, keep=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000002.json", "ckpt_00000002.npz", "metrics.jsonl"]
+    # the checkpoint, the metrics and the parameters alone (params.npz, rewritten at every checkpoint)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_00000002.json", "ckpt_00000002.npz", "metrics.jsonl", "params.npz"]
     m = read_manifest(tmp_path / "ckpt_00000002.npz")
     assert m["format_version"] == FORMAT_VERSION == 2 and m["step"] == 2 and m["trees"] == ["opt_state", "params"]
     assert m["graph"] == {"name": tiny.prog.spec.name, "hash": graph_hash(tiny.prog.spec)}
@@ -250,7 +252,8 @@ from mplp_graph.cache import enable_compilation_cache
 enable_compilation_cache()
 import mplp_graph as mg
 from mplp_graph.meta.objectives import MetaLoss
-from mplp_graph.meta.train import MetaStep, adam, make_pool, meta_train, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.train import meta_train
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 

@@ -60,7 +60,7 @@ def test_pool_drawn_in_one_program_is_the_op_by_op_pool(sizes):
     """make_pool runs as one compiled program; its normal draws (an erf_inv polynomial that XLA
     compiles differently inside a larger program) are within a few float32 ulps of the ops run
     one by one, and every leaf keeps its key, shape and dtype."""
-    from mplp_graph.meta.train import make_pool
+    from mplp_graph.meta.step import make_pool
 
     prog = mg.compile_graph(mplp_feedforward(sizes, loss="l2" if sizes[-1] == 1 else "ce"))
     key = jax.random.PRNGKey(7)

@@ -1,4 +1,5 @@
-"""Runs trained together (vmapped sweeps), the MNIST task family, and cached evaluation programs."""
+"""Runs trained together (vmapped sweeps: ``meta_train(..., runs=K)``), the MNIST task family, and
+cached evaluation programs."""
 
 import jax
 import jax.numpy as jnp
@@ -10,15 +11,9 @@ from mplp_graph import xla
 from mplp_graph.meta.evaluate import evaluate_mplp
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.sweep import (
-    load_stacked_params,
-    meta_train_sweep,
-    stack,
-    sweep_checkpoints,
-    sweep_step,
-    unstack,
-)
-from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.sweep import load_stacked_params, stack, sweep_checkpoints, unstack
+from mplp_graph.meta.train import _jitted_runs, meta_train
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.mnist import MnistFamily, meta_splits
 from mplp_graph.tasks.sinusoid import SinusoidFamily
@@ -43,17 +38,17 @@ def setup():
     return prog, runs, pools, step
 
 
-def test_sweep_step_equals_separate_runs(setup):
+def test_runs_step_equals_separate_runs(setup):
     """Two runs vmapped in one program == each run's own meta-step (lr multiplier 1 and 2:
     Adam's first step moves each entry by lr * sign-ish, so run 1 moves twice as far)."""
     _, runs, pools, step = setup
     mask = trainable_mask(runs[0])
     keys = [jax.random.PRNGKey(30), jax.random.PRNGKey(31)]
     opts = [step.init_opt_state(p) for p in runs]
-    run = sweep_step(step)
+    run = _jitted_runs(step)  # meta_train's step for runs=K
     new, _, m = run(stack(runs), stack(opts), jnp.array([1.0, 2.0]), mask, stack(pools), stack(keys), jnp.int32(3), None)
     for i, mult in enumerate((1.0, 2.0)):
-        ref, _, m_ref = xla.jit(step.__call__)(runs[i], opts[i], mask, pools[i], jax.random.fold_in(keys[i], 3))  # as sweep_step
+        ref, _, m_ref = xla.jit(step.__call__)(runs[i], opts[i], mask, pools[i], jax.random.fold_in(keys[i], 3))  # as _jitted_runs
         np.testing.assert_allclose(float(m["loss"][i]), float(m_ref["loss"]), rtol=1e-5)
         for a, b, o in zip(jax.tree_util.tree_leaves(unstack(new, i)), jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(runs[i])):
             np.testing.assert_allclose(np.asarray(a), np.asarray(o) + mult * (np.asarray(b) - np.asarray(o)), rtol=1e-4, atol=1e-6)
@@ -65,12 +60,14 @@ def test_sweep_training_resume_and_params_file(setup, tmp_path):
     _, runs, pools, step = setup
     mask = trainable_mask(runs[0])
     keys = stack([jax.random.PRNGKey(40), jax.random.PRNGKey(41)])
-    full, done, hist = meta_train_sweep(step, stack(runs), mask, stack(pools), keys, [1.0, 1.0], 4, tmp_path / "a",
-                                        checkpoint_every=2, log_every=1, progress=False)
+    full, hist = meta_train(step, stack(runs), mask, stack(pools), keys, 4, tmp_path / "a", runs=2, lr_mult=[1.0, 1.0],
+                            checkpoint_every=2, log_every=1, progress=False)
+    done = hist[-1]["step"]
     assert done == 4 and [h["step"] for h in hist] == [1, 2, 3, 4] and len(hist[0]["loss"]) == 2
-    meta_train_sweep(step, stack(runs), mask, stack(pools), keys, [1.0, 1.0], 2, tmp_path / "b", checkpoint_every=2, log_every=1, progress=False)
-    resumed, _, hist_b = meta_train_sweep(step, stack(runs), mask, stack(pools), keys, [1.0, 1.0], 4, tmp_path / "b",
-                                          checkpoint_every=2, log_every=1, progress=False)
+    meta_train(step, stack(runs), mask, stack(pools), keys, 2, tmp_path / "b", runs=2, lr_mult=[1.0, 1.0], checkpoint_every=2, log_every=1,
+               progress=False)
+    resumed, hist_b = meta_train(step, stack(runs), mask, stack(pools), keys, 4, tmp_path / "b", runs=2, lr_mult=[1.0, 1.0],
+                                 checkpoint_every=2, log_every=1, progress=False)
     for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [h["loss"] for h in hist] == [h["loss"] for h in hist_b]
@@ -88,16 +85,16 @@ def test_sweep_keeps_every_checkpoint_for_selection(setup, tmp_path):
     _, runs, pools, step = setup
     mask = trainable_mask(runs[0])
     keys = stack([jax.random.PRNGKey(40), jax.random.PRNGKey(41)])
-    final, _, _ = meta_train_sweep(step, stack(runs), mask, stack(pools), keys, [1.0, 1.0], 3, tmp_path,
-                                   checkpoint_every=1, log_every=1, keep=10, progress=False)
+    final, _ = meta_train(step, stack(runs), mask, stack(pools), keys, 3, tmp_path, runs=2, lr_mult=[1.0, 1.0],
+                          checkpoint_every=1, log_every=1, keep=10, progress=False)
     found = sweep_checkpoints(tmp_path, runs[0])
     assert [s for s, _ in found] == [1, 2, 3]
     for a, b in zip(jax.tree_util.tree_leaves(found[-1][1]), jax.tree_util.tree_leaves(final)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     first = found[0][1]["b0->W0"]["norm"]["out_scale"]
     assert first.shape[0] == 2 and float(jnp.abs(first - final["b0->W0"]["norm"]["out_scale"]).max()) > 0
-    meta_train_sweep(step, stack(runs), mask, stack(pools), keys, [1.0, 1.0], 3, tmp_path / "k1",
-                     checkpoint_every=1, log_every=1, keep=1, progress=False)
+    meta_train(step, stack(runs), mask, stack(pools), keys, 3, tmp_path / "k1", runs=2, lr_mult=[1.0, 1.0],
+               checkpoint_every=1, log_every=1, keep=1, progress=False)
     assert [s for s, _ in sweep_checkpoints(tmp_path / "k1", runs[0])] == [3]
 
 
@@ -107,9 +104,9 @@ def test_cached_evaluation_uses_the_given_learner(setup):
     prog, runs, _, _ = setup
     fwd = mg.compile_graph(feedforward((1, 4, 1), "relu", "l2", protocol="none"))
     key = jax.random.PRNGKey(0)
-    a = np.asarray(evaluate_mplp(prog, fwd, runs[0], FAMILY, key, 4)["eval"])
-    b = np.asarray(evaluate_mplp(prog, fwd, runs[1], FAMILY, key, 4)["eval"])
-    a2 = np.asarray(evaluate_mplp(prog, fwd, runs[0], FAMILY, key, 4)["eval"])
+    a = np.asarray(evaluate_mplp(prog, fwd, runs[0], FAMILY, key, 4)["loss"])
+    b = np.asarray(evaluate_mplp(prog, fwd, runs[1], FAMILY, key, 4)["loss"])
+    a2 = np.asarray(evaluate_mplp(prog, fwd, runs[0], FAMILY, key, 4)["loss"])
     np.testing.assert_array_equal(a, a2)
     np.testing.assert_array_equal(a[:, 0], b[:, 0])  # same tasks and priors before any update
     assert np.abs(a[:, 1:] - b[:, 1:]).max() > 0

@@ -39,7 +39,7 @@ from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax, plot_eval_cu
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.run import git_commit
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.train import MetaStep, adam, init_opt_state, make_pool, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, init_opt_state, make_pool, trainable_mask
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.grid import grid
@@ -161,7 +161,7 @@ def part_sinusoid(part: str, spec: mg.GraphSpec, fwd_spec: mg.GraphSpec, args, t
         "Adam(0.01)": evaluate_adam(fwd, args.runs),
     }
     eval_s = time.perf_counter() - t0
-    curves = {k: v["eval"] for k, v in rows.items()}
+    curves = {k: v["loss"] for k, v in rows.items()}  # eval L2 on the 100-point grid, (runs, K + 1)
     out = OUT / part
     out.mkdir(parents=True, exist_ok=True)
     plot_eval_curves({k: (v.mean(0), v.std(0)) for k, v in curves.items()}, title, out / "eval.png")
@@ -344,7 +344,7 @@ def cmd_transfer(args) -> int:
     prog = mg.compile_graph(mplp_feedforward(SIZES, "step", msg=args.msg, hidden=args.hidden))
     fwd = mg.compile_graph(mg.feedforward(SIZES, "step", protocol="none"))
     params = load_learner(prog, OUT / "hybrid" / "message_only" / "learner.npz")
-    ev = evaluate(prog, fwd, params, args.runs)["eval"]
+    ev = evaluate(prog, fwd, params, args.runs)["loss"]
     doc["curves"]["MPLP trained on the ReLU net, transferred"] = {"eval_mean": ev.mean(0).tolist(), "eval_std": ev.std(0).tolist()}
     doc["metrics"].update(curve_stats("transfer_from_relu", ev))
     doc["transfer_command"] = "python " + " ".join(["experiments/beyond/run.py", *sys.argv[1:]])

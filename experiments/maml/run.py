@@ -53,8 +53,10 @@ from mplp_graph.meta.maml import (
     trace_maml,
     trace_mplp,
 )
-from mplp_graph.meta.run import git_commit, save_params_file
-from mplp_graph.meta.train import adam, meta_train, trainable_mask
+from mplp_graph.meta.checkpoint import save_params_file
+from mplp_graph.meta.run import git_commit
+from mplp_graph.meta.step import adam, trainable_mask
+from mplp_graph.meta.train import meta_train
 from mplp_graph.reference import load_reference_learner, load_reference_prior
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
@@ -160,6 +162,13 @@ def _np(tree):
     return jax.tree_util.tree_map(np.asarray, tree)
 
 
+def _curves(result: dict) -> dict:
+    """The evaluation harness's sinusoid metrics as this script records them: ``eval`` (runs, k+1),
+    the loss on the 100-point grid before any update and after each; ``train`` (runs, k), the loss
+    on the inner-batch points seen so far, after each update."""
+    return {"eval": np.asarray(result["loss"]), "train": np.asarray(result["seen_loss"])[:, 1:]}
+
+
 def evaluate(s: Settings, run_dir: Path, methods, out: Path) -> dict:
     prog, fwd, family = programs(s)
     key = jax.random.PRNGKey(s.eval_seed)
@@ -170,14 +179,14 @@ def evaluate(s: Settings, run_dir: Path, methods, out: Path) -> dict:
         save_params_file(out / f"{method}.npz", params)
         t0 = time.perf_counter()
         if METHODS[method].mode == "maml":
-            ev = _np(evaluate_maml(fwd, params, family, key, s.runs, s.maml_inner_lr))
+            ev = _curves(evaluate_maml(fwd, params, family, key, s.runs, s.maml_inner_lr))
             tr = _np(trace_maml(fwd, params, family, key, s.runs, s.maml_inner_lr))
             res[method] = {"eval": ev, "trace": tr}
         else:
             learner, prior = params["learner"], params["prior"]
-            ev = _np(evaluate_mplp(prog, fwd, learner, family, key, s.runs, prior=prior))
+            ev = _curves(evaluate_mplp(prog, fwd, learner, family, key, s.runs, prior=prior))
             tr = _np(trace_mplp(prog, fwd, learner, family, key, s.runs, prior=prior))
-            rnd = _np(evaluate_mplp(prog, fwd, learner, family, key, s.runs))
+            rnd = _curves(evaluate_mplp(prog, fwd, learner, family, key, s.runs))
             rnd_tr = _np(trace_mplp(prog, fwd, learner, family, key, s.runs))
             res[method] = {"eval": ev, "trace": tr}
             res[f"{method}_random_prior"] = {"eval": rnd, "trace": rnd_tr}
@@ -195,7 +204,7 @@ def evaluate(s: Settings, run_dir: Path, methods, out: Path) -> dict:
     pub_learner = load_reference_learner(WEIGHTS / "maml_sin_net_weights_00258202.npy", prog)
     pub_prior = load_reference_prior(WEIGHTS / "maml_sin_prior_weights_00258202.npy", prog)
     res["published"] = {
-        "eval": _np(evaluate_mplp(prog, fwd, pub_learner, family, key, s.runs, prior=pub_prior)),
+        "eval": _curves(evaluate_mplp(prog, fwd, pub_learner, family, key, s.runs, prior=pub_prior)),
         "trace": _np(trace_mplp(prog, fwd, pub_learner, family, key, s.runs, prior=pub_prior)),
     }
     for r in res.values():

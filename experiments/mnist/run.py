@@ -30,10 +30,10 @@ import jax
 import numpy as np
 
 from mplp_graph.cache import enable_compilation_cache
-from mplp_graph.meta.checkpoint import atomic_write_json
-from mplp_graph.meta.config import load_experiment_config
-from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist, plot_accuracy, table1
-from mplp_graph.meta.run import build, git_commit, load_mnist_splits, save_params_file
+from mplp_graph.meta.checkpoint import atomic_write_json, save_params_file
+from mplp_graph.meta.eval_mnist import plot_accuracy, table1
+from mplp_graph.meta.evaluate import evaluate_mplp
+from mplp_graph.meta.run import git_commit, load_setup
 from mplp_graph.meta.sweep import load_stacked_params, sweep_checkpoints, unstack
 
 HERE = Path(__file__).resolve().parent
@@ -52,17 +52,16 @@ def candidates(sweep_dir: Path, template, every_checkpoint: bool) -> list[tuple[
 def select(sweep_dir: Path, runs: int, key, every_checkpoint: bool = False) -> dict:
     """Validation accuracy@20 of every run of a sweep (and of every kept checkpoint with
     ``every_checkpoint``); returns the record and the best params."""
-    config = load_experiment_config(sweep_dir / "config.yaml")
+    setup = load_setup(sweep_dir / "config.yaml")  # the family's data: meta-training, validation and test splits
+    config = setup.config
     info = json.loads((sweep_dir / "sweep.json").read_text())
-    prepared, meta = load_mnist_splits(config)
-    setup = build(config, data=meta)
-    val_data = {"train_x": np.asarray(meta["train_x"]), "train_y": np.asarray(meta["train_y"]), "test_x": np.asarray(meta["val_x"]), "test_y": np.asarray(meta["val_y"])}
-    t = config.task
     rows, best, best_params = [], None, None
     for step, stacked in candidates(sweep_dir, setup.prog.init_params(jax.random.PRNGKey(0)), every_checkpoint):
         for i, (seed, mult) in enumerate(zip(info["seeds"], info["lr_mults"])):
             params = unstack(stacked, i)
-            acc = float(evaluate_mplp_mnist(setup.prog, setup.fwd, params, val_data, key, runs, t.inner_steps, t.batch)[:, -1].mean())
+            # the protocol on the validation split: inner batches from the meta-training split, accuracy on validation images
+            r = evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, runs, data=setup.data, split="validation")
+            acc = float(r["accuracy"][:, -1].mean())
             rows.append({"run": i, "seed": seed, "lr": config.meta.lr * mult, "step": step if step is not None else info.get("steps_done"), "val_acc20": acc})
             print(json.dumps({"sweep": str(sweep_dir), **rows[-1]}), flush=True)
             if best is None or acc > rows[best]["val_acc20"]:
@@ -74,7 +73,7 @@ def select(sweep_dir: Path, runs: int, key, every_checkpoint: bool = False) -> d
         "runs": rows, "selected_run": rows[best]["run"], "selected_step": rows[best]["step"],
         "val_acc20": rows[best]["val_acc20"],
     }
-    return {"record": record, "params": best_params, "config": config, "setup": setup, "prepared": prepared}
+    return {"record": record, "params": best_params, "config": config, "setup": setup}
 
 
 def plot_training(records: list[dict], path: Path) -> None:
@@ -117,7 +116,7 @@ def plot_training(records: list[dict], path: Path) -> None:
 
 
 def evaluate_all(chosen: dict, runs: int, runs_784: int, key, skip_784: bool) -> tuple[dict, dict, dict]:
-    return table1(chosen["setup"], chosen["params"], chosen["prepared"], key, runs, runs_784=0 if skip_784 else runs_784)
+    return table1(chosen["setup"], chosen["params"], key, runs, runs_784=0 if skip_784 else runs_784)
 
 
 def main(argv=None) -> int:

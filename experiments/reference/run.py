@@ -39,11 +39,11 @@ def sinusoid(runs, key, metrics, curves):
     m = evaluate_mplp(prog, fwd, params, fam, key, runs)
     a = evaluate_optax(fwd, optax.adam(0.01), fam, key, runs)
     for name, r in (("sinusoid_mplp", m), ("sinusoid_adam", a)):
-        ev = np.asarray(r["eval"])
+        ev = np.asarray(r["loss"])  # on the 100-point grid, before any update and after each
         metrics[f"{name}_eval_l2_step5"] = float(ev[:, 5].mean())
         metrics[f"{name}_eval_l2_step5_std"] = float(ev[:, 5].std())
         curves[f"{name}_eval_mean"] = ev.mean(0).tolist()
-    curves["sinusoid_mplp_train_mean"] = np.asarray(m["train"]).mean(0).tolist()
+    curves["sinusoid_mplp_train_mean"] = np.asarray(m["seen_loss"])[:, 1:].mean(0).tolist()  # on the points seen, after each update
 
 
 def maml(runs, key, metrics, curves):
@@ -52,8 +52,8 @@ def maml(runs, key, metrics, curves):
     params = load_reference_learner(WEIGHTS / "maml_sin_net_weights_00258202.npy", prog)
     prior = load_reference_prior(WEIGHTS / "maml_sin_prior_weights_00258202.npy", prog)
     fam = SinusoidFamily(inner_steps=2)
-    learned = np.asarray(evaluate_mplp(prog, fwd, params, fam, key, runs, prior=prior)["eval"])
-    random = np.asarray(evaluate_mplp(prog, fwd, params, fam, key, runs)["eval"])
+    learned = np.asarray(evaluate_mplp(prog, fwd, params, fam, key, runs, prior=prior)["loss"])
+    random = np.asarray(evaluate_mplp(prog, fwd, params, fam, key, runs)["loss"])
     for s in range(3):
         metrics[f"maml_eval_l2_step{s}"] = float(learned[:, s].mean())
         metrics[f"maml_eval_l2_step{s}_std"] = float(learned[:, s].std())
@@ -75,28 +75,33 @@ def _acc(metrics, curves, name, acc):
     curves[f"{name}_acc_mean"] = acc.mean(0).tolist()
 
 
-def mnist(runs, key, metrics, curves):
-    from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist, evaluate_optax_mnist
-    from mplp_graph.tasks.mnist import load_mnist, preprocess
+def _mnist_acc(prog, fwd, params, family, data, key, runs, chunk=None):
+    """Test accuracy after each of the 20 steps, (runs, 20): the protocol of reference-notes 5.6
+    (inner batches from the whole training set, the next 100 test images after each step)."""
+    return evaluate_mplp(prog, fwd, params, family, key, runs, data=data, chunk=chunk)["accuracy"][:, 1:]  # column 0: before any update
 
-    data = preprocess(load_mnist(), size=12)
+
+def mnist(runs, key, metrics, curves):
+    from mplp_graph.tasks.mnist import MnistFamily
+
+    fam = MnistFamily(inner_steps=20, batch=8)  # 12x12
+    data = fam.load()
     prog, fwd, params = _mnist_learner((144, 50, 10), "sigmoid")
     t0 = time.perf_counter()
-    _acc(metrics, curves, "mnist_mplp", evaluate_mplp_mnist(prog, fwd, params, data, key, runs))
+    _acc(metrics, curves, "mnist_mplp", _mnist_acc(prog, fwd, params, fam, data, key, runs))
     metrics["mnist_mplp_eval_wall_s"] = time.perf_counter() - t0  # compile included; reference code: ~107 s
-    _acc(metrics, curves, "mnist_adam", evaluate_optax_mnist(fwd, optax.adam(0.01), data, key, runs))
-    _acc(metrics, curves, "mnist_sgd", evaluate_optax_mnist(fwd, optax.sgd(0.1), data, key, runs))
+    for name, opt in (("mnist_adam", optax.adam(0.01)), ("mnist_sgd", optax.sgd(0.1))):
+        _acc(metrics, curves, name, evaluate_optax(fwd, opt, fam, key, runs, data=data)["accuracy"][:, 1:])
     prog, fwd, params = _mnist_learner((144, 50, 10), "step")
-    _acc(metrics, curves, "mnist_step", evaluate_mplp_mnist(prog, fwd, params, data, key, runs))
+    _acc(metrics, curves, "mnist_step", _mnist_acc(prog, fwd, params, fam, data, key, runs))
 
 
 def mnist784(runs, key, metrics, curves):
-    from mplp_graph.meta.eval_mnist import evaluate_mplp_mnist
-    from mplp_graph.tasks.mnist import load_mnist, preprocess
+    from mplp_graph.tasks.mnist import MnistFamily
 
-    data = preprocess(load_mnist(), size=None)  # 28x28 with its own statistics
+    fam = MnistFamily(inner_steps=20, batch=8, image_size=28)  # 28x28 with its own statistics
     prog, fwd, params = _mnist_learner((784, 100, 10), "sigmoid")
-    _acc(metrics, curves, "mnist_784", evaluate_mplp_mnist(prog, fwd, params, data, key, runs, chunk=10))
+    _acc(metrics, curves, "mnist_784", _mnist_acc(prog, fwd, params, fam, fam.load(), key, runs, chunk=10))
     metrics["mnist_784_runs"] = runs
 
 

@@ -7,7 +7,7 @@
 ``--from-sweep`` takes a run directory of ``experiments/sweep.py`` (K runs trained together),
 evaluates every run on validation tasks (eval seed + 1), picks the best by eval L2 after the last
 step, and evaluates that one on the evaluation tasks (eval seed), so the selection never sees the
-reported numbers. Writes experiments/sinusoid/results.json, sinusoid.png and learner.npz.
+reported numbers. Writes experiments/sinusoid/results.json, eval.png and learner.npz.
 """
 
 from __future__ import annotations
@@ -22,34 +22,27 @@ import jax
 import numpy as np
 
 from mplp_graph.cache import enable_compilation_cache
-from mplp_graph.meta.checkpoint import atomic_write_json
 from mplp_graph.errors import MplpGraphError
-from mplp_graph.meta.config import apply_overrides, load_experiment_config
+from mplp_graph.meta.checkpoint import atomic_write_json, save_params_file
+from mplp_graph.meta.config import apply_overrides, load_experiment
 from mplp_graph.meta.evaluate import evaluate_mplp
-from mplp_graph.meta.run import (
-    build,
-    evaluate,
-    load_trained,
-    save_params_file,
-    train,
-    write_results,
-)
+from mplp_graph.meta.run import build, evaluate, load_setup, load_trained, train, write_results
 from mplp_graph.meta.sweep import load_stacked_params, unstack
 
 HERE = Path(__file__).resolve().parent
 
 
 def from_sweep(sweep_dir: Path, out: Path, command: str) -> dict:
-    config = load_experiment_config(sweep_dir / "config.yaml")
+    setup = load_setup(sweep_dir / "config.yaml")
+    config = setup.config
     info = json.loads((sweep_dir / "sweep.json").read_text())
-    setup = build(config)
     stacked = load_stacked_params(setup.prog.init_params(jax.random.PRNGKey(0)), sweep_dir / "params.npz")
     k = setup.family.inner_steps
     val_key = jax.random.PRNGKey(config.eval.seed + 1)  # validation tasks: not the reported ones
     val = []
     for i in range(len(info["seeds"])):
         r = evaluate_mplp(setup.prog, setup.fwd, unstack(stacked, i), setup.family, val_key, config.eval.runs)
-        val.append(float(np.asarray(r["eval"])[:, k].mean()))
+        val.append(float(np.asarray(r["loss"])[:, k].mean()))
     best = int(np.argmin(val))
     params = unstack(stacked, best)
     results = evaluate(setup, params)
@@ -112,14 +105,16 @@ def main(argv=None) -> int:
         print(json.dumps(doc["sweep"]["runs"], indent=0))
         print({k: round(v, 5) if isinstance(v, float) else v for k, v in doc["metrics"].items()})
         return 0
-    try:  # located errors: file:line:col
-        config = apply_overrides(load_experiment_config(args.config), {"meta.steps": args.steps} if args.steps is not None else {}, "--steps")
-    except MplpGraphError as e:
-        ap.error(str(e))
     train_s = None
     if not args.eval_only:
+        try:  # located errors: file:line:col
+            config, locate = load_experiment(args.config)
+            config = apply_overrides(config, {"meta.steps": args.steps} if args.steps is not None else {}, "--steps")
+            setup = build(config, base_dir=Path(args.config).resolve().parent, locate=locate)
+        except MplpGraphError as e:
+            ap.error(str(e))
         t0 = time.perf_counter()
-        train(config, args.run_dir)
+        train(setup, args.run_dir)
         train_s = time.perf_counter() - t0
     setup, params, step = load_trained(args.run_dir)
     results = evaluate(setup, params)

@@ -87,8 +87,9 @@ def meta_train(
         raise ValueError(f"steps, checkpoint_every and log_every must be at least 1, got {steps}, {checkpoint_every}, {log_every}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in run_dir.glob(".metrics.jsonl.*"):  # left by a run killed while writing it
-        tmp.unlink(missing_ok=True)
+    for pattern in (".metrics.jsonl.*", ".params.npz.*"):  # left by a run killed while writing them
+        for tmp in run_dir.glob(pattern):
+            tmp.unlink(missing_ok=True)
     opt_state = step_fn.init_opt_state(params) if runs is None else jax.vmap(step_fn.init_opt_state)(params)
     start = 0
     ckpt = latest_checkpoint(run_dir) if resume else None

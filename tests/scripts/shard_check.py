@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import mplp_graph as mg
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.shard import replicate, task_mesh
-from mplp_graph.meta.train import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 
