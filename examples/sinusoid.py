@@ -11,13 +11,15 @@ The steps, each one call into the library:
    forward only, for the evaluation and the Adam baseline;
 2. ``init_params`` then ``init_statistics``: learner parameters, with the input standardizers'
    statistics measured on an initialisation rollout (then frozen);
-3. ``MetaStep``: one jitted meta-step (outer batch of tasks and priors, inner steps scanned,
-   meta-gradient normalized per leaf, Adam), looped here by hand;
+3. ``MetaStep`` and ``meta_train``: the meta-step (outer batch of tasks and priors, inner steps
+   scanned, meta-gradient normalized per leaf, Adam), run by the library's loop (metrics and a
+   checkpoint in OUT/run);
 4. ``evaluate_mplp`` / ``evaluate_optax``: the paper's protocol, all runs in one jitted program:
    the family's metrics (``loss``: eval L2 on 100 evenly spaced points; ``seen_loss``) before
    and after each inner step, fresh prior and task per run.
 
-Writes ``results.json`` (curves and settings) and ``sinusoid.png`` into OUT (default: a new
+Writes ``results.json`` (curves and settings), ``sinusoid.png`` and ``run/`` (the meta-training
+run folder: metrics.jsonl, a checkpoint, params.npz) into OUT (default: a new
 temporary folder). The recorded long run (12,000 meta-steps) is experiments/sinusoid/.
 """
 
@@ -38,7 +40,8 @@ from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax, plot_eval_curves
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.step import MetaStep, adam, init_opt_state, make_pool, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.train import meta_train
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
@@ -94,26 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     params = init_statistics(prog, params, sample_round, k_stats)
     untrained = params
 
-    # 3. meta-training: hint losses after each inner step (0.7) + CV loss after the last (0.3)
-    optimizer = adam(args.lr)
-    meta_step = jax.jit(MetaStep(prog, family.sample, MetaLoss(), args.outer_batch, optimizer).__call__)
+    # 3. meta-training: hint losses after each inner step (0.7) + CV loss after the last (0.3),
+    # through the library's loop (metrics, checkpoints and resume in OUT/run, the NaN guard)
+    step = MetaStep(prog, family.sample, MetaLoss(), args.outer_batch, adam(args.lr))
     pool = make_pool(prog, k_pool, args.pool)  # random priors, W ~ N(0, 0.05), b = 0
     mask = trainable_mask(params)  # the standardizers' statistics stay frozen
-    opt_state = init_opt_state(optimizer, params)
     t0 = time.perf_counter()
-    history = []
+    params, history = meta_train(step, params, mask, pool, k_meta, args.meta_steps, out / "run", resume=False, progress=False,
+                                 checkpoint_every=max(1, args.meta_steps))
+    train_s = time.perf_counter() - t0
     every = max(1, args.meta_steps // 10)
     for s in range(args.meta_steps):
-        params, opt_state, m = meta_step(params, opt_state, mask, pool, jax.random.fold_in(k_meta, s))
-        history.append({k: float(v) for k, v in m.items()})
-        if not history[-1]["finite"]:
-            print(f"meta-step {s + 1}: non-finite meta-loss; stopping")
-            return 1
         if (s + 1) % every == 0 or s == 0:
-            recent = history[-every:]
+            recent = history[max(0, s + 1 - every) : s + 1]
             print(f"meta-step {s + 1:5d}  meta-loss {np.mean([h['loss'] for h in recent]):.5f}  "
-                  f"cv {np.mean([h['cv'] for h in recent]):.5f}  ({time.perf_counter() - t0:.0f} s)")
-    train_s = time.perf_counter() - t0
+                  f"cv {np.mean([h['cv'] for h in recent]):.5f}")
+    print(f"meta-trained in {train_s:.0f} s (the first step compiles the meta-step)")
 
     # 4. evaluation: the same tasks and priors for every row (same key)
     rows = {

@@ -10,9 +10,10 @@
 
 Each part writes ``<part>/part.json`` (numbers, curves, its command, wall times) and its plots
 into ``experiments/beyond/<part>/``; ``collect`` gathers the parts into ``results.json`` in the
-format of shared/docs/results.md (metrics named after their experiment). Meta-training follows
+format of the other experiments' results (metrics named after their experiment). Meta-training follows
 examples/sinusoid.py: learner parameters, standardizer statistics from one init rollout, then
-jitted meta-steps (outer batch 4, 5 inner steps of 10 points, hint 0.7 + CV 0.3, Adam with
+the library's meta_train, checkpoints in OUT/runs/<part> (meta-steps: outer batch 4, 5 inner
+steps of 10 points, hint 0.7 + CV 0.3, Adam with
 per-leaf normalized meta-gradients), a pool of 128 random priors; evaluation is the paper's
 sinusoid protocol over 100 runs (fresh prior and task per run) against Adam(0.01) on the same
 forward net.
@@ -39,7 +40,8 @@ from mplp_graph.meta.evaluate import evaluate_mplp, evaluate_optax, plot_eval_cu
 from mplp_graph.meta.objectives import MetaLoss
 from mplp_graph.meta.run import git_commit
 from mplp_graph.meta.stats import init_statistics
-from mplp_graph.meta.step import MetaStep, adam, init_opt_state, make_pool, trainable_mask
+from mplp_graph.meta.step import MetaStep, adam, make_pool, trainable_mask
+from mplp_graph.meta.train import meta_train
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.grid import grid
@@ -56,7 +58,11 @@ K = FAMILY.inner_steps
 # meta-training and evaluation (examples/sinusoid.py, as functions)
 
 
-def meta_train(prog: mg.Program, steps: int, seed: int, lr: float, outer_batch: int = 4, pool: int = 128, time_budget: float | None = None) -> dict[str, Any]:
+def train_part(prog: mg.Program, steps: int, seed: int, lr: float, run_dir: Path, outer_batch: int = 4, pool: int = 128,
+               time_budget: float | None = None) -> dict[str, Any]:
+    """Learner parameters, standardizer statistics from one init rollout, then the library's
+    meta-training loop (mplp_graph.meta.train.meta_train: metrics, checkpoints and resume in
+    ``run_dir``, the NaN guard)."""
     key = jax.random.PRNGKey(seed)
     k_params, k_stats, k_pool, k_meta = jax.random.split(key, 4)
     params = prog.init_params(k_params)
@@ -68,30 +74,15 @@ def meta_train(prog: mg.Program, steps: int, seed: int, lr: float, outer_batch: 
 
     params = init_statistics(prog, params, sample_round, k_stats)
     untrained = params
-    optimizer = adam(lr)
-    step = jax.jit(MetaStep(prog, FAMILY.sample, MetaLoss(), outer_batch, optimizer).__call__)
-    priors = make_pool(prog, k_pool, pool)
-    mask = trainable_mask(params)
-    opt_state = init_opt_state(optimizer, params)
-    history: list[dict[str, float]] = []
+    step = MetaStep(prog, FAMILY.sample, MetaLoss(), outer_batch, adam(lr))
     t0 = time.perf_counter()
-    compile_s = None
-    for s in range(steps):
-        params_new, opt_new, m = step(params, opt_state, mask, priors, jax.random.fold_in(k_meta, s))
-        row = {k: float(v) for k, v in m.items()}
-        if compile_s is None:
-            compile_s = time.perf_counter() - t0
-        if not row["finite"]:
-            print(f"  meta-step {s + 1}: non-finite meta-loss, step not applied; stopping", flush=True)
-            break
-        params, opt_state = params_new, opt_new
-        history.append(row)
-        if (s + 1) % 100 == 0 or s == 0:
-            recent = history[-100:]
-            print(f"  meta-step {s + 1:5d}  meta-loss {np.mean([h['loss'] for h in recent]):.5f}  cv {np.mean([h['cv'] for h in recent]):.5f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-        if time_budget is not None and time.perf_counter() - t0 > time_budget:
-            print(f"  time budget {time_budget:.0f} s reached after {s + 1} meta-steps", flush=True)
-            break
+    params, history = meta_train(step, params, trainable_mask(params), make_pool(prog, k_pool, pool), k_meta, steps, run_dir,
+                                 time_budget=time_budget, log_every=1, checkpoint_every=250, progress=False)
+    for h in history[99::100]:
+        print(f"  meta-step {h['step']:5d}  meta-loss {h['loss']:.5f}  cv {h['cv']:.5f}", flush=True)
+    if len(history) < steps:
+        print(f"  time budget {time_budget:.0f} s reached after {len(history)} meta-steps", flush=True)
+    compile_s = history[0]["step_s"] if history else None  # the first step's wall time includes its compilation
     return {"params": params, "untrained": untrained, "history": history, "train_s": time.perf_counter() - t0, "compile_s": compile_s}
 
 
@@ -153,7 +144,7 @@ def part_sinusoid(part: str, spec: mg.GraphSpec, fwd_spec: mg.GraphSpec, args, t
     prog, fwd = mg.compile_graph(spec), mg.compile_graph(fwd_spec)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(prog.init_params(jax.random.PRNGKey(0))))
     print(f"[{part}] {spec.name}: {len(spec.groups)} groups, {len(spec.arrows)} arrows, {n_params:,} learner parameters", flush=True)
-    run = meta_train(prog, args.steps, args.seed, args.lr, time_budget=args.time_budget)
+    run = train_part(prog, args.steps, args.seed, args.lr, OUT / "runs" / part, time_budget=args.time_budget)
     t0 = time.perf_counter()
     rows = {
         "MPLP, untrained": evaluate(prog, fwd, run["untrained"], args.runs),
