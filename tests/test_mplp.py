@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import mplp_graph as mg
+from meta_checks import check_meta_gradient
 from mplp_graph.learners.nets import gru_apply, gru_init, param_count
 from mplp_graph.learners.standardize import channel_stats
 from mplp_graph.meta.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -130,14 +131,7 @@ def test_meta_gradient_finite_nonzero_for_every_trainable_leaf(tiny_meta):
     priors = jax.tree_util.tree_map(lambda a: a[:2], pool)
     tasks = jax.vmap(FAMILY.sample)(jax.random.split(jax.random.PRNGKey(5), 2))
     grads = jax.grad(lambda p: step.batch_loss(p, {"priors": priors, "tasks": tasks})[0])(params)
-    mask = trainable_mask(params)
-    flat_g = jax.tree_util.tree_leaves_with_path(grads)
-    flat_m = jax.tree_util.tree_leaves(mask)
-    assert len(flat_g) == len(flat_m)
-    for (path, g), m in zip(flat_g, flat_m):
-        assert np.all(np.isfinite(g)), jax.tree_util.keystr(path)
-        if float(np.max(m)) > 0:
-            assert float(jnp.abs(g).max()) > 0, f"zero meta-gradient at {jax.tree_util.keystr(path)}"
+    check_meta_gradient(grads, trainable_mask(params))
 
 
 def test_meta_steps_lower_meta_loss(tiny_meta):
