@@ -269,7 +269,9 @@ KILLS = int(os.environ.get("MPLP_KILLS", "1"))  # kill-resume rounds before the 
 
 
 def start(run_dir: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # no persistent compilation cache in a process that is killed at a random moment: a kill
+    # while it writes a cache entry would leave a truncated entry that crashes later readers
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLP_GRAPH_CACHE": "off"}
     return subprocess.Popen([sys.executable, "-c", SCRIPT, str(run_dir), str(KILL_STEPS)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
