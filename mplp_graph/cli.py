@@ -243,7 +243,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
     import jax
 
     import mplp_graph as mg
-    from mplp_graph.meta.run import save_params_file
+    from mplp_graph.meta.checkpoint import save_params_file
     from mplp_graph.templates.mplp import mplp_feedforward
 
     if not os.path.isfile(args.file):
