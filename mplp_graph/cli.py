@@ -206,7 +206,7 @@ def _saved_learner(config_path: str, learner_path: str):
 
 
 def _eval_mnist(setup, params, step, out, command: str, runs: int | None = None, runs_784: int | None = None) -> int:
-    """The paper's Table 1 (reference-notes 5.6): MPLP, the config's baselines, the step
+    """The paper's Table 1 (paper section 4.2): MPLP, the config's baselines, the step
     activation and (784, 100, 10): accuracy after each step (Fig. 4)."""
     import jax
 

@@ -76,7 +76,7 @@ def _acc(metrics, curves, name, acc):
 
 
 def _mnist_acc(prog, fwd, params, family, data, key, runs, chunk=None):
-    """Test accuracy after each of the 20 steps, (runs, 20): the protocol of reference-notes 5.6
+    """Test accuracy after each of the 20 steps, (runs, 20): the protocol of paper section 4.2
     (inner batches from the whole training set, the next 100 test images after each step)."""
     return evaluate_mplp(prog, fwd, params, family, key, runs, data=data, chunk=chunk)["accuracy"][:, 1:]  # column 0: before any update
 

@@ -1,4 +1,4 @@
-"""The paper's MNIST table (Table 1, Fig. 4; reference-notes 5.6) through the evaluation harness
+"""The paper's MNIST table (paper section 4.2, Table 1, Fig. 4; the protocol in docs/mplp.md) through the evaluation harness
 (:func:`mplp_graph.meta.evaluate.evaluate`, :class:`mplp_graph.tasks.mnist.MnistFamily`'s
 protocol): the learned protocol, the gradient baselines, and the transfers of one trained learner
 to the step activation and to (784, 100, 10) on 28 x 28 images. "Accuracy@20" is the mean +- std

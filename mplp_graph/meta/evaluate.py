@@ -1,6 +1,6 @@
 """The evaluation harness: one inner loop with per-step metrics for every way a net can learn a
 task (a learned protocol, an optax optimizer, SGD from a learned prior as in MAML) and every task
-family (reference-notes 5.6 for the paper's protocols).
+family (paper sections 4.1 and 4.2 for the paper's protocols; docs/mplp.md).
 
 A run draws its task from the family's :meth:`eval_tasks <mplp_graph.tasks.base.TaskFamily>`
 and its prior from its own key (or starts from a given prior), takes one update per inner batch,

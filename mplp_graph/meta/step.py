@@ -6,7 +6,7 @@ them (:meth:`StepFunction.batch_loss`), and applies one outer update
 (:meth:`StepFunction.__call__`, the same for all: ``draw -> value_and_grad(batch_loss) ->``
 :func:`outer_update`). Three step functions:
 
-* :class:`MetaStep`: an MPLP learner (paper section 3.1.1; reference-notes 5.2, 8), the outer
+* :class:`MetaStep`: an MPLP learner (paper section 3.1.1; docs/mplp.md), the outer
   batch's nets starting from random priors drawn from a pool;
 * :class:`mplp_graph.meta.maml.JointStep`: a learner and a prior together (MAML + MPLP);
 * :class:`mplp_graph.meta.maml.MamlStep`: a prior alone (MAML).
@@ -103,7 +103,7 @@ def outer_update(
     optimizer: optax.GradientTransformation, params: Any, opt_state: Any, mask: Any, loss: Any, grads: Any
 ) -> tuple[Any, Any, Any]:
     """Mask, normalize per leaf (:func:`normalize_per_leaf`), ``optimizer``; a non-finite loss or
-    gradient leaves everything as it was (reference-notes 5.2). Computed on the raveled
+    gradient leaves everything as it was (docs/mplp.md, meta-training). Computed on the raveled
     parameters; ``opt_state`` comes from :func:`init_opt_state`.
 
     Returns ``(params, opt_state, finite)``. A masked leaf gets a zero gradient, hence a zero
@@ -171,7 +171,7 @@ class StepFunction:
 
 @dataclass(frozen=True)
 class MetaStep(StepFunction):
-    """One MPLP meta-step (paper section 3.1.1; reference-notes 5.2): ``outer_batch`` tasks,
+    """One MPLP meta-step (paper section 3.1.1): ``outer_batch`` tasks,
     each net starting from a distinct random prior of ``pool``, ``objective``'s meta-loss after
     the inner steps, mean over tasks."""
 

@@ -1,6 +1,6 @@
 """Meta-training: one loop for every step function (:mod:`mplp_graph.meta.step`), one run or
 several runs trained as one program (a sweep of seeds or learning rates), with metrics,
-checkpoints, exact resume and the NaN guard (reference-notes 5.2, 8)."""
+checkpoints, exact resume and the NaN guard (paper section 3.1.1; docs/mplp.md)."""
 
 from __future__ import annotations
 
