@@ -149,7 +149,7 @@ def _type_words(annotation: Any) -> str:
     if origin is Annotated:
         return _type_words(typing.get_args(annotation)[0])
     if origin is Literal:
-        return " \\| ".join(f"`{v}`" for v in typing.get_args(annotation))
+        return " | ".join(str(v) for v in typing.get_args(annotation))
     if origin in (Union, types.UnionType):
         members = [m for m in typing.get_args(annotation) if m is not type(None)]
         return " or ".join(dict.fromkeys(_type_words(m) for m in members))
@@ -179,7 +179,7 @@ def describe_args(op: Op) -> list[dict[str, str]]:
         rows.append({
             "name": name,
             "type": f"{kind} {bounds}".strip(),
-            "default": "*required*" if f.is_required() else ("none" if f.default is None else f"`{_num(f.default)}`"),
+            "default": "required" if f.is_required() else ("none" if f.default is None else _num(f.default)),
             "description": f.description or "",
         })
     return rows
@@ -196,7 +196,9 @@ def op_table() -> str:
         op = _REGISTRY[name]
         arity = "any number" if op.arity is None else str(op.arity)
         args = "<br>".join(
-            f"`{r['name']}`: {r['type']}, {r['default']}" + (f"; {_cell(r['description'])}" if r["description"] else "") for r in describe_args(op)
+            f"`{r['name']}`: {_cell(r['type'])}, " + ("*required*" if r["default"] == "required" else r["default"] if r["default"] == "none" else f"`{r['default']}`")
+            + (f"; {_cell(r['description'])}" if r["description"] else "")
+            for r in describe_args(op)
         ) or "none"
         doc = _cell(op.doc)
         lines.append(f"| `{name}` | {arity} | {args} | {doc} |")
