@@ -168,6 +168,14 @@ def test_experiment_configs_are_strict(tmp_path):
     assert load_experiment_config(path).meta.lr == 3e-4
 
 
+def test_option_values_are_read_like_config_values():
+    from mplp_graph.config.load import read_value
+
+    assert read_value("1e-3") == 0.001 and read_value("4") == 4 and read_value("[1, 2]") == [1, 2] and read_value("hidden") == "hidden"
+    with pytest.raises(mg.GraphSpecError, match=r"--set meta.lr:1:1: the number 1e999 is too large"):
+        read_value("1e999", "--set meta.lr")
+
+
 # ---------------------------------------------------------------------------------------------
 # names and cascades
 
