@@ -12,7 +12,6 @@ one feature axis of size 1.
 from __future__ import annotations
 
 import difflib
-
 import math
 from dataclasses import dataclass
 from typing import Any
