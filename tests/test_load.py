@@ -428,7 +428,7 @@ def test_op_arg_of_wrong_type():
 
 def test_map_and_edges_both():
     text = mutate("    map: i -> i j\n    into: x\n", "    map: i -> i j\n    edges: [[0, 0]]\n    into: x\n")
-    check(text, "arrows[0]", line_of(text, "  - name: x->W"), ["give either 'map' or 'edges', not both"], col=5)
+    check(text, "arrows[0]", line_of(text, "  - name: x->W"), ["give one of 'map', 'edges' or 'stencil', not 'map' and 'edges'"], col=5)
 
 
 def test_edge_not_a_pair():

@@ -32,7 +32,7 @@ def can_fuse_bilinear(a: ArrowPlan) -> bool:
     return (
         a.op.bilinear
         and a.spec.aggregate in ("sum", "mean")
-        and not a.conn.is_edges
+        and a.conn.index_map is not None
         and all(f == (1,) for f in a.in_features)
         and not a.spec.updates
     )

@@ -71,6 +71,8 @@ def arrow_lowering(a: ArrowPlan, fused: bool) -> str:
         return "local"
     if a.conn.is_edges:
         return "gather+segment"
+    if a.conn.is_stencil:
+        return f"stencil({len(a.conn.stencil.offsets)} shifts, {a.conn.stencil.boundary})"
     if not fused and can_fuse_bilinear(a):
         return "einsum"
     return "broadcast"

@@ -97,6 +97,8 @@ def dump_graph(spec: GraphSpec) -> str:
         arrow["op"] = arrow["op"]["name"] if list(arrow["op"]) == ["name"] else _Flow(arrow["op"])
         if "updates" in arrow:
             arrow["updates"] = _Flow(arrow["updates"])
+        if "stencil" in arrow:
+            arrow["stencil"] = _Flow(arrow["stencil"])
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
 
 

@@ -67,10 +67,20 @@ def format_field(f: FieldSpec) -> str:
     return " ".join(parts)
 
 
+def stencil_text(a: ArrowSpec) -> str:
+    """``stencil moore/wrap``, or ``stencil 3 offsets/zero`` for a list of offsets."""
+    st = a.stencil
+    offsets = st.offsets if isinstance(st.offsets, str) else f"{len(st.offsets)} offset{'s' if len(st.offsets) != 1 else ''}"
+    return f"stencil {offsets}{' weighted' if st.weights else ''}/{st.boundary}"
+
+
 def map_text(a: ArrowSpec) -> str:
-    """The arrow's connectivity as written: its map, ``identity`` by default, or ``edges(E)``."""
+    """The arrow's connectivity as written: its map, ``identity`` by default, ``edges(E)``, or
+    the stencil (:func:`stencil_text`)."""
     if a.edges is not None:
         return f"edges({len(a.edges)})"
+    if a.stencil is not None:
+        return stencil_text(a)
     return a.map if a.map is not None else "identity"
 
 

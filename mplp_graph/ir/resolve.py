@@ -20,6 +20,7 @@ import numpy as np
 
 from mplp_graph.ir.indexmap import IndexMap, IndexMapError, bind_sizes, parse_index_map
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec
+from mplp_graph.ir.stencil import Stencil, StencilError, resolve_stencil
 from mplp_graph.ops.registry import Op, OpShapeError, get_op
 
 
@@ -38,15 +39,21 @@ def feature_shape(f: FieldSpec) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Connectivity:
-    """How messages travel: an index map (dense lowering) or an explicit edge list."""
+    """How messages travel: an index map (dense lowering), an explicit edge list, or a stencil
+    (shifted copies; mplp_graph/ir/stencil.py)."""
 
     index_map: IndexMap | None
     sizes: dict[str, int]
     edges: np.ndarray | None  # (E, 2) int32 flat agent indices [src, dst]
+    stencil: Stencil | None = None
 
     @property
     def is_edges(self) -> bool:
         return self.edges is not None
+
+    @property
+    def is_stencil(self) -> bool:
+        return self.stencil is not None
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,11 @@ def resolve_share(a: ArrowSpec, op: Op) -> str | tuple[tuple[str, str], ...] | N
 
 def _connectivity(graph: GraphSpec, a: ArrowSpec) -> Connectivity:
     src_shape, dst_shape = graph.groups[a.src].shape, graph.groups[a.dst].shape
+    if a.stencil is not None:
+        try:
+            return Connectivity(None, {}, None, resolve_stencil(a.stencil, src_shape, dst_shape, a.aggregate))
+        except StencilError as e:
+            raise ResolveError(e.where, str(e)) from None
     if a.edges is not None:
         # checked as Python ints, before any conversion: an index or a shape beyond int64 must be
         # an "out of range" message, not an OverflowError
@@ -199,8 +211,9 @@ def _check_constancy(a: ArrowSpec, conn: Connectivity, constant: frozenset[int],
     """A field stored once along an axis can only receive messages that do not vary along it."""
     if not target.constant_along:
         return
-    if conn.is_edges:
-        raise ResolveError("edges", f"field {a.dst}.{a.into} is constant along axes {list(target.constant_along)}; edge lists can only write full fields")
+    if conn.is_edges or conn.is_stencil:
+        kind = "edges" if conn.is_edges else "stencil"
+        raise ResolveError(kind, f"field {a.dst}.{a.into} is constant along axes {list(target.constant_along)}; {'edge lists' if conn.is_edges else 'stencils'} can only write full fields")
     m = conn.index_map
     assert m is not None, "index-map connectivity without a map"
     for axis in target.constant_along:

@@ -5,10 +5,11 @@ Grammar (the YAML document mirrors it one to one; see docs/yaml.md and docs/conc
     graph     := name, groups{name: group}, arrows[arrow], schedule?, inputs{key: ref}, outputs{key: ref}
     group     := kind, shape[int*], state{field: field}          # a tensor of agents of one kind
     field     := shape[int*], dtype, batched, init, constant_along[int*]
-    arrow     := name, from, to, phase, op, inputs[field*], (map | edges), aggregate, into?, updates{field: out}, share?
+    arrow     := name, from, to, phase, op, inputs[field*], (map | edges | stencil), aggregate, into?, updates{field: out}, share?
     share     := key | {part: key}     # ops with several parameter parts (a learner's net, its standardizer)
     map       := "identity" | "<src letters> -> <dst letters>"    # einsum-style, one letter per agent axis
     edges     := [[src, dst]*]                                    # flat (row-major) agent indices
+    stencil   := offsets (name | [[int*]*]), weights?, boundary   # grids: d receives from d + offset
     schedule  := phases{name: [stage*]}?, step[phase*], random{phase: draw}?, rng?   # stage := [arrow name*]
     draw      := order ("fixed" | "shuffle"), fire (0 < p <= 1)   # drawn anew each time the phase runs
     rng       := ref                                              # an int32 step counter (one agent, scalar)
@@ -121,6 +122,25 @@ class OpRef(_Frozen):
     args: dict[str, Union[Flag, Int, Annotated[float, Field(allow_inf_nan=True)], str]] = {}
 
 
+BOUNDARIES = ("wrap", "zero", "clamp", "none")
+
+
+class StencilSpec(_Frozen):
+    """Structured connectivity between two groups of the same shape (a grid): destination agent
+    ``d`` receives the message of source agent ``d + o`` for every offset ``o`` (a correlation, as
+    a convolution layer computes it). ``offsets``: a named neighbourhood of a 2-D group
+    (``moore``, ``von_neumann``, ``moore9``, ``sobel_x``, ``sobel_y``, ``laplacian``;
+    mplp_graph/ir/stencil.py) or a list of offset vectors, one integer per agent axis.
+    ``weights``: one number per offset, multiplying its message (``aggregate: sum`` only; the named
+    kernels ``sobel_*`` and ``laplacian`` bring their own). ``boundary``: where ``d + o`` leaves
+    the grid, ``wrap`` around (a torus), read ``zero``, ``clamp`` to the nearest edge agent, or
+    ``none``: no message (a ``mean`` divides by the messages that arrived)."""
+
+    offsets: str | tuple[tuple[Int, ...], ...]
+    weights: tuple[Real, ...] | None = None
+    boundary: Literal["wrap", "zero", "clamp", "none"]
+
+
 def _op_shorthand(value: Any) -> Any:
     """``op: mul`` is shorthand for ``op: {name: mul}``."""
     if isinstance(value, str):
@@ -139,6 +159,7 @@ class ArrowSpec(_Frozen):
     inputs: tuple[str, ...] = ()
     map: str | None = None
     edges: tuple[tuple[Int, Int], ...] | None = None
+    stencil: StencilSpec | None = None
     aggregate: Literal["mean", "sum", "max"] = "mean"
     into: str | None = None
     updates: dict[str, str] = {}
@@ -159,8 +180,9 @@ class ArrowSpec(_Frozen):
 
     @model_validator(mode="after")
     def _one_connectivity(self) -> "ArrowSpec":
-        if self.map is not None and self.edges is not None:
-            raise ValueError("give either 'map' or 'edges', not both")
+        given = [k for k in ("map", "edges", "stencil") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of 'map', 'edges' or 'stencil', not {' and '.join(repr(k) for k in given)}")
         return self
 
 

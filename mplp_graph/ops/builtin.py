@@ -138,7 +138,7 @@ _elementwise(
 )
 _elementwise("affine", lambda x, a, b: a * x + b, 1, "message = a * x + b", args=AffineArgs)
 _elementwise("mix", lambda x, y, rate: x + rate * (y - x), 2, "message = x + rate * (y - x) (relax x towards y)", args=MixArgs)
-# Non-differentiable agents (issue 8): MPLP trains through them; the backprop protocol cannot.
+# Non-differentiable agents: MPLP trains through them; the backprop protocol cannot.
 _elementwise("is_max", lambda z, zmax: (z >= zmax).astype(z.dtype), 2, "message = 1 where z = max (argmax as a one-hot, with the max from an 'i -> j' max arrow); no gradient", differentiable=False)
 
 

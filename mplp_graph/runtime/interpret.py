@@ -29,6 +29,7 @@ import numpy as np
 
 from mplp_graph.ir.indexmap import bind_sizes, parse_index_map
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec
+from mplp_graph.ir.stencil import resolve_stencil
 from mplp_graph.ops.registry import get_op
 from mplp_graph.runtime import draws
 from mplp_graph.runtime.program import compile_graph
@@ -59,19 +60,30 @@ def _store(f: FieldSpec, stored: np.ndarray, idx: tuple[int, ...], value: np.nda
         stored[agent] = value.mean(axis=0)  # per-example values: batch mean (paper eq. 4)
 
 
-def _edges(spec: GraphSpec, a: ArrowSpec) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """Every edge ``(source agent, destination agent)`` of an arrow, as index tuples."""
+def _edges(spec: GraphSpec, a: ArrowSpec) -> list[tuple[tuple[int, ...] | None, tuple[int, ...], float]]:
+    """Every edge ``(source agent, destination agent, weight)`` of an arrow, as index tuples; a
+    stencil's ``zero`` boundary gives ``None`` sources (a zero message that counts)."""
     src_shape, dst_shape = spec.groups[a.src].shape, spec.groups[a.dst].shape
+    if a.stencil is not None:
+        st = resolve_stencil(a.stencil, src_shape, dst_shape, a.aggregate)
+        weights = st.weights or (1.0,) * len(st.offsets)
+        out = []
+        for d in np.ndindex(*dst_shape):
+            for o, w in zip(st.offsets, weights):
+                s = st.source(d, o, src_shape)
+                if s is not None or st.boundary == "zero":
+                    out.append((s, d, w))
+        return out
     if a.edges is not None:
         src_agents, dst_agents = list(np.ndindex(*src_shape)), list(np.ndindex(*dst_shape))
-        return [(src_agents[s], dst_agents[d]) for s, d in a.edges]
+        return [(src_agents[s], dst_agents[d], 1.0) for s, d in a.edges]
     m = parse_index_map(a.map if a.map is not None else "identity", len(src_shape))
     sizes = bind_sizes(m, src_shape, dst_shape)
     edges = []
     for s in np.ndindex(*src_shape):
         for b in np.ndindex(*[sizes[x] for x in m.broadcast]):
             letters = dict(zip(m.src, s)) | dict(zip(m.broadcast, b))
-            edges.append((s, tuple(letters[x] for x in m.dst)))
+            edges.append((s, tuple(letters[x] for x in m.dst), 1.0))
     return edges
 
 
@@ -125,8 +137,9 @@ def interpret_stage(spec: GraphSpec, stage: tuple[str, ...], params: Any, state:
         if a.into is None:
             continue
         box = inboxes.setdefault((a.dst, a.into), {"how": a.aggregate, "messages": {}})
-        for s, d in _edges(spec, a):
-            box["messages"].setdefault(d, []).append(out[s]["message"])
+        for s, d, w in _edges(spec, a):
+            msg = out[s]["message"] * w if s is not None else np.zeros_like(next(iter(out.values()))["message"])
+            box["messages"].setdefault(d, []).append(msg)
     for g, fname, idx, value in updates:
         _store(spec.groups[g].state[fname], new[g][fname], idx, value)
     for (g, fname), box in inboxes.items():

@@ -18,7 +18,7 @@ import numpy as np
 from mplp_graph.compile.group import Kernel, can_fuse_bilinear
 from mplp_graph.ir.resolve import ArrowPlan
 from mplp_graph.ir.spec import FieldSpec
-from mplp_graph.runtime.route import Partial, route_bilinear, route_edges, route_map, sum_axes
+from mplp_graph.runtime.route import Partial, route_bilinear, route_edges, route_map, route_stencil, sum_axes
 
 State = dict[str, dict[str, Any]]
 
@@ -119,6 +119,8 @@ def run_kernel(
         msg = out["message"]
         if a.conn.is_edges:
             partials.append((a, route_edges(a, msg, a.spec.aggregate)))
+        elif a.conn.is_stencil:
+            partials.append((a, route_stencil(a, msg, a.spec.aggregate)))
         else:
             partials.append((a, route_map(a, msg, a.spec.aggregate)))
     return updates, partials, side

@@ -1,5 +1,6 @@
 """Message routing: index maps lower to broadcasts and axis reductions, edge lists to gather +
-segment reductions. No Python loop over agents or edges.
+segment reductions, stencils to shifted copies added together. No Python loop over agents or
+edges (a stencil loops over its few offsets at trace time).
 
 Values use the kernel layout ``[b, *agent_axes, *feature]`` (``b`` is the batch size or 1; an
 agent axis has its size or 1 where the value is constant along it). Routing returns a
@@ -158,6 +159,45 @@ def route_edges(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
     counts = np.bincount(edges[:, 1], minlength=n_dst).astype(np.float32)  # static
     value = jnp.moveaxis(value, 0, 1).reshape((b, *dst_shape, *feat))
     count = counts.reshape((1, *dst_shape) + (1,) * len(feat))
+    return Partial(value, count)
+
+
+def route_stencil(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
+    """Destination ``d`` receives ``w_o * message[d + o]`` for every offset ``o``: the message
+    tensor padded once by the boundary rule (``wrap``, ``zero``/``none``: zeros, ``clamp``: edge
+    values; ``max`` pads with -inf), then one static slice per offset, summed (or maxed)."""
+    st = plan.conn.stencil
+    assert st is not None, "route_stencil needs a stencil"
+    shape = plan.src_shape
+    rank = len(shape)
+    b = message.shape[0]
+    feat = message.shape[1 + rank :]
+    full = jnp.broadcast_to(message, (b, *shape, *feat))
+    lo = [max(0, -min(o[ax] for o in st.offsets)) for ax in range(rank)]
+    hi = [max(0, max(o[ax] for o in st.offsets)) for ax in range(rank)]
+    pads = [(0, 0)] + list(zip(lo, hi)) + [(0, 0)] * len(feat)
+    if st.boundary == "wrap":
+        padded = jnp.pad(full, pads, mode="wrap")
+    elif st.boundary == "clamp":
+        padded = jnp.pad(full, pads, mode="edge")
+    else:
+        fill = -jnp.inf if aggregate == "max" and st.boundary == "none" else 0.0
+        padded = jnp.pad(full, pads, constant_values=fill)
+    weights = st.weights or (None,) * len(st.offsets)
+    value = None
+    for o, w in zip(st.offsets, weights):
+        index = (slice(None),) + tuple(slice(lo[ax] + o[ax], lo[ax] + o[ax] + shape[ax]) for ax in range(rank))
+        piece = padded[index]
+        if w is not None:
+            piece = piece * w
+        if value is None:
+            value = piece
+        else:
+            value = jnp.maximum(value, piece) if aggregate == "max" else value + piece
+    if st.boundary == "none":
+        count = st.counts(shape).reshape((1, *shape) + (1,) * len(feat))
+    else:
+        count = len(st.offsets)
     return Partial(value, count)
 
 

@@ -4,8 +4,10 @@ connected graph of agents). No loss and no backward phase: a step is a local rul
 
 One group ``cell`` of shape ``[height, width]`` (agent ``(r, c)`` has flat index
 ``r * width + c``) with per-example fields ``s`` (the cell's state) and ``n`` (what it sensed).
-Two phases, each one arrow whose connectivity is an explicit edge list, so the grid may be
-irregular (``mask`` removes cells: no edge reaches or leaves them) and may wrap around:
+Two phases, each one arrow. A full grid is wired by a stencil (a named neighbourhood with the
+boundary rule ``wrap`` or ``none``; mplp_graph/ir/stencil.py), lowered to shifted copies of the
+state; a grid with holes (``mask`` removes cells: no edge reaches or leaves them) is irregular
+and wired by explicit edge lists:
 
 * ``sense``: every present cell sends ``s`` to its neighbours (Moore: 8, von Neumann: 4),
   aggregated into ``n`` (``sum``: the number of live neighbours for ``life``; ``mean`` for
@@ -26,7 +28,7 @@ from typing import Literal
 
 import numpy as np
 
-from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec, OpRef, RandomSpec, ScheduleSpec
+from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec, OpRef, RandomSpec, ScheduleSpec, StencilSpec
 
 RULES = ("life", "diffuse")
 NEIGHBOURHOODS = {
@@ -90,10 +92,16 @@ def grid(
     else:
         update = OpRef(name="mix", args={"rate": rate})
         aggregate = "mean"
+    if mask is None:  # a full grid: structured connectivity, no edge list
+        sense = {"stencil": StencilSpec(offsets=neighbourhood, boundary="wrap" if wrap else "none")}
+        own: dict = {}  # identity map: every cell updates itself
+    else:
+        sense = {"edges": neighbour_edges(height, width, neighbourhood, mask, wrap)}
+        own = {"edges": keep}
     arrows = (
         ArrowSpec(name="sense", src="cell", dst="cell", phase="sense", op=OpRef(name="identity"), inputs=("s",),
-                  edges=neighbour_edges(height, width, neighbourhood, mask, wrap), aggregate=aggregate, into="n"),
-        ArrowSpec(name="update", src="cell", dst="cell", phase="update", op=update, inputs=("s", "n"), edges=keep, into="s"),
+                  aggregate=aggregate, into="n", **sense),
+        ArrowSpec(name="update", src="cell", dst="cell", phase="update", op=update, inputs=("s", "n"), into="s", **own),
     )
     schedule = ScheduleSpec(step=("sense", "update") * rounds)
     if fire < 1.0:

@@ -1,4 +1,4 @@
-"""Recurrent template: an Elman network unrolled over a short sequence (issue 8).
+"""Recurrent template: an Elman network unrolled over a short sequence.
 
 ``h_t = act(x_t Wx + h_{t-1} Wh + b)`` for ``t < T`` (``h_{-1} = 0``), then
 ``pred = h_{T-1} Wo + bo`` and an elementwise loss. Unrolling does not copy the weights: each

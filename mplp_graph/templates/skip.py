@@ -1,5 +1,5 @@
 """Skip-connection and residual DAG nets: a dense chain (:func:`feedforward`) plus connections
-that jump over layers, so some agents receive messages from several groups (issue 8).
+that jump over layers, so some agents receive messages from several groups.
 
 Nodes are numbered along the chain: node 0 is the input ``x``, node ``k`` (``0 < k < L``) is
 the hidden activation ``a{k-1}`` (the output of dense layer ``k-1``), node ``L`` the output. A

@@ -26,8 +26,9 @@ import networkx as nx
 import numpy as np
 
 from mplp_graph.ir.indexmap import bind_sizes, parse_index_map
-from mplp_graph.ir.pretty import effective_share, format_field, format_shape, safe_schedule
+from mplp_graph.ir.pretty import effective_share, format_field, format_shape, safe_schedule, stencil_text
 from mplp_graph.ir.spec import ArrowSpec, GraphSpec
+from mplp_graph.ir.stencil import neighbours, resolve_stencil
 
 MAX_AGENT_EDGES = 5_000
 
@@ -68,6 +69,8 @@ def phase_color(phase: str) -> str:
 def arrow_map_text(a: ArrowSpec) -> str:
     if a.edges is not None:
         return "edges"
+    if a.stencil is not None:
+        return stencil_text(a)
     return a.map if a.map is not None else "identity"
 
 
@@ -124,6 +127,10 @@ def _map_edges(spec: GraphSpec, a: ArrowSpec) -> tuple[int, Iterator[tuple[tuple
             (tuple(int(i) for i in np.unravel_index(s, src_shape)), tuple(int(i) for i in np.unravel_index(d, dst_shape)))
             for s, d in a.edges
         ]
+        return len(pairs), iter(pairs)
+    if a.stencil is not None:
+        st = resolve_stencil(a.stencil, src_shape, dst_shape, a.aggregate)
+        pairs = [(src, dst) for src, dst, _ in neighbours(st, src_shape)]
         return len(pairs), iter(pairs)
     m = parse_index_map(a.map if a.map is not None else "identity", len(src_shape))
     sizes = bind_sizes(m, src_shape, dst_shape)
