@@ -312,8 +312,8 @@ def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:
 
 def load_params_file(setup: Setup, path: str | Path) -> Any:
     """Learner parameters saved by :func:`mplp_graph.meta.checkpoint.save_params_file`, checked
-    against the graph."""
-    return load_params_like(setup.prog.init_params(jax.random.PRNGKey(0)), path)
+    against the graph (whose parameter shapes are traced, not computed)."""
+    return load_params_like(jax.eval_shape(setup.prog.init_params, jax.random.PRNGKey(0)), path)
 
 
 def git_commit() -> str:

@@ -71,7 +71,9 @@ def agent_window(shape: Sequence[int], cap: int) -> tuple[int, ...]:
     w = list(shape)
     while math.prod(w) > cap:
         i = int(np.argmax(w))
-        w[i] = max(1, min(w[i] - 1, int(w[i] * 0.9)))
+        rest = math.prod(w) // w[i]
+        second = max((n for k, n in enumerate(w) if k != i), default=1)
+        w[i] = max(1, min(w[i] - 1, max(second, cap // rest)))
     return tuple(w)
 
 

@@ -290,8 +290,8 @@ def record_config(
     if not 1 <= steps <= k:
         raise TraceError(f"--steps {steps}: a task of {config_path} has {k} inner steps; give 1 to {k}")
     _check_example(example, batch)
-    net = agent_params(spec, prog.init(keys[0], 1))
-    state = with_agent_params(zeros_state(spec, batch), net)
+    # the prior of run 0 (LearnedProtocol.init), in one compiled call rather than op by op
+    state = jax.jit(lambda key: with_agent_params(zeros_state(spec, batch), agent_params(spec, prog.init(key, 1))))(keys[0])
     records = choose_records(spec, fields, arrows, _persistent(prog, state))
     check_size(records, steps, max_mb)
     metric_names = tuple(setup.family.metrics)
@@ -376,7 +376,7 @@ def record_graph(
     _check_example(example, batch)
     prog = compile_graph(spec)
     key = jax.random.PRNGKey(seed)
-    state = prog.init(jax.random.fold_in(key, 0), batch)
+    state = jax.jit(lambda k: prog.init(k, batch))(jax.random.fold_in(key, 0))
     for k, (g, f, kind, args) in enumerate(_random_inits(spec, random_init)):
         fs = spec.groups[g].state[f]
         state[g][f] = _draw(jax.random.fold_in(key, 100 + k), kind, args, stored_shape(spec.groups[g], fs, batch), fs.dtype)

@@ -370,8 +370,8 @@
     card.appendChild(el('h3', null, what));
     var shape = rec.shape;
     var rc = shape.length === 0 ? [1, 1] : shape.length === 1 ? [1, shape[0]] : [shape[0], prod(shape.slice(1))];
-    var px = Math.max(1, Math.min(24, Math.floor(Math.min(380 / rc[1], 220 / rc[0]))));
-    var canvas = el('canvas');
+    var px = Math.max(1, Math.min(24, Math.floor(Math.min(420 / rc[1], 300 / rc[0]))));
+    var canvas = el('canvas', 'heat');
     canvas.width = rc[1] * px; canvas.height = rc[0] * px;
     card.appendChild(el('div', 'meta', '[' + (shape.join(' x ') || 'scalar') + ']' + (rec.reduce === 'norm' ? ' norm over [' + rec.feature_shape.join(',') + ']' : '') +
       ', range over the run ' + fmt(rec.lo) + ' .. ' + fmt(rec.hi)));
