@@ -20,6 +20,7 @@ from mplp_graph.templates.feedforward import feedforward
 from mplp_graph.ir.pretty import format_graph
 from mplp_graph.viz.draw import draw as draw_graph
 from mplp_graph.viz.topology import to_dot, to_networkx
+from mplp_graph.viz.html import view
 
 __all__ = [
     "__version__",
@@ -54,4 +55,5 @@ __all__ = [
     "format_graph",
     "to_dot",
     "to_networkx",
+    "view",
 ]

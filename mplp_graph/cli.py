@@ -6,6 +6,8 @@ Subcommands::
     mplp-graph inspect FILE       print the graph and its compile report
     mplp-graph ops [NAME...]      the registered ops, their inputs and arguments
     mplp-graph draw FILE -o OUT   draw the topology (.png, .svg, .pdf or .dot)
+    mplp-graph view FILE -o OUT   an interactive, offline HTML page of the graph (--trace: a replay)
+    mplp-graph trace FILE -o OUT  record a run step by step (fields, messages, metrics)
     mplp-graph train CONFIG       meta-train from an experiment config (resumable)
     mplp-graph eval RUN_DIR       evaluate a trained run against its baselines; JSON + plot
     mplp-graph reference FILE     load a published learner file (--graph sinusoid|maml|mnist)
@@ -167,6 +169,62 @@ def cmd_draw(args: argparse.Namespace) -> int:
     except (ValueError, MplpGraphError) as e:
         raise UserError(f"{args.file}: {e}") from None
     print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _graph_source(path: str):
+    """(spec, is_config) of a graph file or an experiment config, with located errors."""
+    from mplp_graph.viz.trace import load_source
+
+    try:
+        return load_source(path)
+    except (MplpGraphError, OSError) as e:
+        raise UserError(_user_message(e, path)) from None
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from mplp_graph.viz.html import view
+
+    if not args.output.lower().endswith((".html", ".htm")):
+        raise UserError(f"-o {args.output}: expected an .html file name")
+    if args.max_agents < 1:
+        raise UserError(f"--max-agents must be at least 1, got {args.max_agents}")
+    spec, _ = _graph_source(args.file)
+    try:
+        out = view(spec, args.output, trace=args.trace, max_agents=args.max_agents)
+    except MplpGraphError as e:
+        raise UserError(_user_message(e)) from None
+    size = out.stat().st_size
+    print(f"wrote {out} ({size / 1e6:.2f} MB): open it in a browser (no network or server needed)")
+    return EXIT_OK
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from mplp_graph.viz.trace import record_config, record_graph, write_trace
+
+    if args.max_mb <= 0:
+        raise UserError(f"--max-mb must be positive, got {args.max_mb}")
+    spec, is_config = _graph_source(args.file)
+    common = dict(fields=args.field or (), arrows=args.arrow or (), example=args.example, max_mb=args.max_mb)
+    try:
+        if is_config:
+            if args.inputs or args.init or args.random_init or args.batch is not None:
+                raise UserError(f"{args.file} is an experiment config: its task family gives the batches and the prior; --inputs, --init, "
+                                "--random-init and --batch are for graph files")
+            trace = record_config(args.file, learner=args.learner, run_dir=args.run_dir, steps=args.steps, seed=args.seed, split=args.split,
+                                  **common)
+        else:
+            if args.learner or args.run_dir:
+                raise UserError(f"{args.file} is a graph file: --learner and --run-dir need an experiment config (experiments/*/config.yaml)")
+            trace = record_graph(spec, steps=20 if args.steps is None else args.steps, batch=args.batch or 1, seed=args.seed or 0,
+                                 inputs=args.inputs, init=args.init, random_init=args.random_init or (), source={"graph": args.file}, **common)
+    except MplpGraphError as e:
+        raise UserError(_user_message(e)) from None
+    out = write_trace(args.output, trace)
+    names = ", ".join(r.name for r in trace.records)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {trace.steps} steps of graph {trace.graph_name!r}; recorded {names}; "
+          f"metrics {', '.join(trace.metrics) or 'none'}")
+    print(f"replay it: mplp-graph view {args.file} --trace {out} -o run.html")
     return EXIT_OK
 
 
@@ -460,6 +518,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phase", default=None, help="draw only the arrows of this phase (e.g. forward, backward)")
     p.set_defaults(func=cmd_draw)
 
+    p = sub.add_parser("view", help="an interactive offline HTML page of a graph (and a replay of a trace)",
+                       description="Write one self-contained HTML file (no network, no server) showing the graph's groups and arrows along the "
+                       "schedule, its kernels, its agents (click a group), and with --trace a replay of a recorded run: a time slider, heatmaps "
+                       "of fields and messages per agent, loss and metric curves. FILE: a graph file or an experiment config. See docs/view.md.")
+    p.add_argument("file", metavar="FILE", help="graph YAML file or experiment config")
+    p.add_argument("-o", "--output", required=True, help="output .html file")
+    p.add_argument("--trace", default=None, help="a trace of this graph written by 'mplp-graph trace' (adds the replay)")
+    p.add_argument("--max-agents", type=int, default=1024, help="agents shown when a group is expanded (a leading window; default 1024)")
+    p.set_defaults(func=cmd_view)
+
+    p = sub.add_parser("trace", help="record a run step by step for 'mplp-graph view --trace'",
+                       description="Record a run step by step: chosen fields of groups and the messages of arrows (default: the fields that "
+                       "persist between steps and every arrow's message) and the loss and metrics after each step, into a compact file (npz + "
+                       "JSON manifest). FILE: an experiment config (one inner loop of its learned protocol on one task: run 0 of 'mplp-graph "
+                       "eval' with the same seed) or a graph file (Program.step from its initial state: a cellular automaton, a backprop "
+                       "net with --inputs). See docs/view.md.")
+    p.add_argument("file", metavar="FILE", help="experiment config or graph YAML file")
+    p.add_argument("-o", "--output", required=True, help="output trace file (e.g. run.trace)")
+    p.add_argument("--field", action="append", metavar="GROUP.FIELD", help="record this field (repeatable)")
+    p.add_argument("--arrow", action="append", metavar="ARROW", help="record the message of this arrow (repeatable)")
+    p.add_argument("--steps", type=int, default=None, help="steps to record (config: at most the task's inner steps, the default; graph: default 20)")
+    p.add_argument("--example", type=int, default=0, help="which example of the batch per-example fields show (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (config: default eval.seed; graph: default 0)")
+    p.add_argument("--max-mb", type=float, default=50.0, help="refuse a trace larger than this many MB (default 50)")
+    p.add_argument("--learner", default=None, help="config: learner parameters (.npz) to run; default untrained")
+    p.add_argument("--run-dir", default=None, help="config: use the newest checkpoint of this training run folder")
+    p.add_argument("--split", choices=("test", "validation"), default=None, help="config: the task split (default eval.split)")
+    p.add_argument("--batch", type=int, default=None, help="graph: batch size (default 1)")
+    p.add_argument("--inputs", default=None, help="graph: .npz with one array per batch key (the batch, or one batch per step)")
+    p.add_argument("--init", default=None, help="graph: .npz of initial field values, keys group.field (stored shapes)")
+    p.add_argument("--random-init", action="append", metavar="GROUP.FIELD=DIST", help="graph: draw a field's initial value: bernoulli:P, uniform:LO:HI or normal:STD (repeatable)")
+    p.set_defaults(func=cmd_trace)
+
     p = sub.add_parser("train", help="meta-train from an experiment config", description="Meta-train from an experiment config (YAML, see experiments/sinusoid/config.yaml; any graph with learner arrows through graph.file, see docs/custom-graph.md): progress bar, metrics.jsonl, checkpoints; resumes from the latest checkpoint in RUN_DIR unless --no-resume.")
     p.add_argument("config", metavar="CONFIG", help="experiment config YAML")
     p.add_argument("--run-dir", default="runs/train", help="folder for metrics and checkpoints (default runs/train)")
@@ -508,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (``--help`` and argument errors exit via SystemExit)."""
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval", "demo", "backprop"):
+    if args.command in ("train", "eval", "demo", "backprop", "trace"):
         from mplp_graph.cache import enable_compilation_cache
 
         enable_compilation_cache()

@@ -100,7 +100,9 @@ class Optimizer:
 # one run, all runs
 
 
-def _measure(fwd: Program, metrics: tuple[str, ...], net: Any, task: dict[str, Any], i: Any) -> dict[str, Any]:
+def measure(fwd: Program, metrics: tuple[str, ...], net: Any, task: dict[str, Any], i: Any) -> tuple[dict[str, Any], Any]:
+    """The ``metrics`` of the net ``net`` on the task's evaluation set ``i`` (taken after ``i``
+    updates), and its predictions there."""
     loss, pred = point_losses(fwd, {}, net, task["xs"][i], task["ys"][i])
     out = {}
     if "loss" in metrics:
@@ -120,12 +122,12 @@ def run_one(learner: Any, fwd: Program, metrics: tuple[str, ...], theta: Any, ke
     after the last update) and with ``trace`` ``preds`` ``(K + 1, N, ...)`` (after every update)."""
     k = task["xt"].shape[0]
     carry = learner.init(theta, key, task)
-    first, pred0 = _measure(fwd, metrics, learner.net(carry), task, 0)
+    first, pred0 = measure(fwd, metrics, learner.net(carry), task, 0)
 
     def body(c, i):
         carry, _ = c
         carry = learner.update(theta, carry, task["xt"][i], task["yt"][i])
-        m, pred = _measure(fwd, metrics, learner.net(carry), task, i + 1)
+        m, pred = measure(fwd, metrics, learner.net(carry), task, i + 1)
         return (carry, pred), (m, pred if trace else None)
 
     (_, pred), (rest, preds) = jax.lax.scan(body, (carry, pred0), jnp.arange(k))

@@ -143,11 +143,17 @@ def _graph_file(g: Any, base_dir: Path | None, loc: Callable) -> tuple[Program, 
     return prog, compile_graph(forward_only(spec))
 
 
-def _template(g: Any) -> tuple[Program, Program]:
-    spec = mplp_feedforward(
+def template_spec(g: Any) -> GraphSpec:
+    """The learned-protocol graph of a config's ``graph`` section without ``file`` (the MLP
+    template, :func:`mplp_graph.templates.mplp.mplp_feedforward`)."""
+    return mplp_feedforward(
         g.sizes, g.activation, g.loss, learner=g.learner, msg=g.msg, hidden=g.hidden, sharing=g.sharing,
         out_scale_init=g.out_scale_init, matmul=g.matmul, first_layer=g.first_layer, chunk_rows=g.chunk_rows,
     )
+
+
+def _template(g: Any) -> tuple[Program, Program]:
+    spec = template_spec(g)
     fwd = feedforward(g.sizes, "relu" if g.activation == "step" else g.activation, g.loss, protocol="none")
     return compile_graph(spec), compile_graph(fwd)
 
@@ -306,8 +312,8 @@ def load_trained(run_dir: str | Path) -> tuple[Setup, Any, int]:
 
 def load_params_file(setup: Setup, path: str | Path) -> Any:
     """Learner parameters saved by :func:`mplp_graph.meta.checkpoint.save_params_file`, checked
-    against the graph."""
-    return load_params_like(setup.prog.init_params(jax.random.PRNGKey(0)), path)
+    against the graph (whose parameter shapes are traced, not computed)."""
+    return load_params_like(jax.eval_shape(setup.prog.init_params, jax.random.PRNGKey(0)), path)
 
 
 def git_commit() -> str:

@@ -67,6 +67,35 @@ def _positions(nodes: dict[str, int], x_gap: float, y_gap: float) -> dict[str, t
     return pos
 
 
+def _agent_positions(
+    spec: GraphSpec, g: nx.MultiDiGraph, group_layer: dict[str, int], x_gap: float, y_gap: float, cell_w: float
+) -> dict[str, tuple[float, float]]:
+    """Agent view: one column per layer as :func:`_positions`, except that a 2-D group alone in
+    its layer (a grid of cells, a weight matrix) is drawn at its agents' places, row ``r`` and
+    column ``c`` of the agent ``[r, c]``; the layers to its right move over to make room."""
+    by_layer: dict[int, list[str]] = {}
+    for name in spec.groups:
+        by_layer.setdefault(group_layer[name], []).append(name)
+    agents = list(g.nodes(data=True))
+    pos: dict[str, tuple[float, float]] = {}
+    x = 0.0
+    for k in sorted(by_layer):
+        names = by_layer[k]
+        if len(names) == 1 and len(spec.groups[names[0]].shape) == 2:
+            h, w = spec.groups[names[0]].shape
+            for n, d in agents:
+                if d["group"] == names[0]:
+                    r, c = d["index"]
+                    pos[n] = (x + c * cell_w, ((h - 1) / 2 - r) * y_gap)
+            x += (w - 1) * cell_w + x_gap
+            continue
+        column = [n for n, d in agents if d["group"] in names]  # spec order, agents row-major
+        for i, n in enumerate(column):
+            pos[n] = (x, ((len(column) - 1) / 2 - i) * y_gap)
+        x += x_gap
+    return pos
+
+
 # sizes in inches (the axes use one data unit per inch, so text and boxes keep their size)
 _FONT = 9.0
 _EDGE_FONT = 7.5
@@ -145,7 +174,7 @@ def draw(spec: GraphSpec, path: str | Path, expand: bool = False, phase: str | N
     label_w = max((len(t) for t in edge_text.values()), default=0) * _EDGE_CHAR_W
     x_gap = box_w + max(0.9, label_w + 0.5)
     y_gap = box_h + (0.9 if not expand else 0.35)
-    pos = _positions(layer, x_gap, y_gap)
+    pos = _agent_positions(spec, g, group_layer, x_gap, y_gap, box_w + 0.3) if expand else _positions(layer, x_gap, y_gap)
     rads = _arc_rads(edges, pos, layer, y_gap)
 
     fig = Figure()
