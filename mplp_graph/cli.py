@@ -5,7 +5,9 @@ Subcommands::
     mplp-graph validate FILE...   load and verify graph files; report every file
     mplp-graph inspect FILE       print the graph and its compile report
     mplp-graph draw FILE -o OUT   draw the topology (.png, .svg, .pdf or .dot)
-    mplp-graph train CONFIG       meta-train from an experiment config (resumable)
+    mplp-graph train CONFIG       meta-train from an experiment config (resumable; one process of
+                                  a job when JAX_COORDINATOR_ADDRESS etc. are set, docs/scaling.md)
+    mplp-graph launch -n N -- CMD run CMD as a job of N processes on this machine
     mplp-graph eval RUN_DIR       evaluate a trained run against its baselines; JSON + plot
     mplp-graph reference FILE     load a published learner file (--graph sinusoid|maml|mnist)
     mplp-graph demo               meta-train a small MPLP learner, compare it with Adam
@@ -13,7 +15,8 @@ Subcommands::
 
 Exit status: 0 on success, 2 on a user error (a bad graph file, a missing file, bad arguments),
 with a one-line message per problem on stderr that says where it is; never a traceback for
-those. Anything else is a bug and is left to raise.
+those; 3 when another process of a multi-process job was lost (mplp_graph.distributed).
+Anything else is a bug and is left to raise.
 """
 
 from __future__ import annotations
@@ -141,17 +144,57 @@ def _setup(config_path: str, steps: int | None = None):
     return setup
 
 
+def _join_job() -> Any:
+    """Join a job of several processes when the environment describes one (docs/scaling.md);
+    None for a single process."""
+    from mplp_graph import distributed
+
+    try:
+        return distributed.initialize_from_env()
+    except MplpGraphError as e:
+        raise UserError(f"mplp-graph: {e}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from mplp_graph import distributed
     from mplp_graph.meta.run import train
 
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")
+    job = _join_job()  # before JAX starts its backend
     setup = _setup(args.config, args.steps)  # checked whole before the run folder is touched
-    params, history = train(setup, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    try:
+        params, history = train(setup, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    except distributed.LostProcessError as e:
+        distributed.exit_lost(e)
+    if job is not None and not distributed.is_main_process():
+        return EXIT_OK  # process 0 reports
     last = history[-1] if history else {}
     parts = ", ".join(f"{k} {last[k]:.5f}" for k in last if k not in ("step", "step_s", "finite"))
-    print(f"meta-trained {setup.prog.spec.name!r} to step {setup.config.meta.steps} ({parts}); metrics and checkpoints in {args.run_dir}")
+    procs = f" by {job.num_processes or 'the'} processes" if job is not None else ""
+    print(f"meta-trained {setup.prog.spec.name!r} to step {setup.config.meta.steps}{procs} ({parts}); metrics and checkpoints in {args.run_dir}")
     return EXIT_OK
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    """Start COMMAND as a job of N processes on this machine (docs/scaling.md): each gets
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; output lines are prefixed
+    with the process id; when one process fails, the others are stopped after --grace seconds."""
+    from mplp_graph.launch import launch
+
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("launch: give the command after --, e.g. mplp-graph launch --processes 2 -- mplp-graph train CONFIG")
+    if args.processes < 1:
+        raise UserError(f"--processes must be at least 1, got {args.processes}")
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UserError(f"--port must be a TCP port (1-65535), got {args.port}")
+    try:
+        return launch(command, args.processes, port=args.port, grace=args.grace)
+    except FileNotFoundError as e:
+        raise UserError(f"launch: {e.strerror}") from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -417,6 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch even if RUN_DIR has checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "launch", help="run a command as a job of several processes on this machine",
+        description=cmd_launch.__doc__.replace("\n", " ") + " Example: mplp-graph launch --processes 2 -- mplp-graph train experiments/sinusoid/config.yaml",
+    )
+    p.add_argument("--processes", "-n", type=int, required=True, help="how many processes")
+    p.add_argument("--port", type=int, default=None, help="the coordinator's TCP port (default: a free one)")
+    p.add_argument("--grace", type=float, default=60.0, help="seconds the others get to stop after one fails (default 60)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command every process runs")
+    p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser(
         "eval", help="evaluate a trained run against its baselines",

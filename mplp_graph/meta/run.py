@@ -197,10 +197,34 @@ def build(config: ExperimentConfig, *, data: Any = None, base_dir: str | Path | 
     loc = _locator(locate, "config")
     family = make_family(config.task, base, loc)
     prog, fwd = _graph_file(config.graph, base, loc) if config.graph.file is not None else _template(config.graph)
+    check_devices(config, loc)
     if data is None:
         data = family.load()
     check_task_fits_graph(prog, family, data, loc)
     return Setup(config, prog, fwd, family, data, base)
+
+
+def splits_tasks(config: ExperimentConfig) -> bool:
+    """Whether the outer batch is split over devices: ``meta.shard_tasks``, and always in a job
+    of several processes (docs/scaling.md)."""
+    return config.meta.shard_tasks or jax.process_count() > 1
+
+
+def check_devices(config: ExperimentConfig, loc: Callable[[str], Location]) -> None:
+    """Located errors when the outer batch cannot be split over the devices (of every process)."""
+    if not splits_tasks(config):
+        return
+    from mplp_graph.meta.shard import divisibility_problem
+
+    m = config.meta
+    n = jax.device_count()
+    if m.outer_batch_mode == "map":
+        raise ConfigError(f"outer_batch_mode 'map' runs the tasks one after another, but this job of {jax.process_count()} processes splits them "
+                          "over its devices: set meta.outer_batch_mode to 'auto' or 'vmap'", loc("meta.outer_batch_mode"))
+    problem = divisibility_problem(m.outer_batch, n)
+    if problem:
+        procs = f" ({jax.process_count()} processes x {jax.local_device_count()} devices)" if jax.process_count() > 1 else ""
+        raise ConfigError(f"{problem}{procs}", loc("meta.outer_batch"))
 
 
 def load_setup(config_path: str | Path) -> Setup:
@@ -261,16 +285,13 @@ def train(config: ExperimentConfig | Setup, run_dir: str | Path, *, resume: bool
     setup = config if isinstance(config, Setup) else build(config)
     config = setup.config
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(setup, run_dir)
+    if jax.process_index() == 0:  # in a job of several processes, process 0 writes the run folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(setup, run_dir)
     m = config.meta
     params = initial_params(setup)
     step_fn = meta_step(setup)
-    pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)
-    if step_fn.mesh is not None:
-        from mplp_graph.meta.shard import replicate
-
-        params, pool = replicate(step_fn.mesh, (params, pool))
+    pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)  # meta_train replicates them over a mesh
     return meta_train(
         step_fn, params, trainable_mask(params), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
         checkpoint_every=m.checkpoint_every, resume=resume, progress=progress,
@@ -281,7 +302,7 @@ def train(config: ExperimentConfig | Setup, run_dir: str | Path, *, resume: bool
 def meta_step(setup: Setup) -> MetaStep:
     m = setup.config.meta
     mesh = None
-    if m.shard_tasks:
+    if splits_tasks(setup.config):
         from mplp_graph.meta.shard import task_mesh
 
         mesh = task_mesh()
