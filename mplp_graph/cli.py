@@ -92,13 +92,35 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # inspect
 
 
+def _shard_axes(items: list[str]) -> dict[str, int]:
+    """``--shard GROUP:AXIS`` options -> ``{group: axis}``."""
+    axes = {}
+    for item in items:
+        group, sep, axis = item.rpartition(":")
+        if not sep or not group or not axis.isdigit():
+            raise UserError(f"--shard {item}: expected GROUP:AXIS, a group name and an agent axis (e.g. --shard cell:0)")
+        axes[group] = int(axis)
+    return axes
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import mplp_graph as mg
 
     spec = _load(args.file)
+    axes = _shard_axes(args.shard or [])
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            raise UserError(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before JAX starts its CPU backend
     print(mg.format_graph(spec))
     try:
         prog = mg.compile_graph(spec)
+        if axes:
+            from mplp_graph.runtime.partition import device_mesh
+
+            prog = prog.shard_agents(device_mesh(1), axes)
         report = prog.report(batch_size=args.batch)
     except MplpGraphError as e:
         raise UserError(_user_message(e, args.file)) from None
@@ -444,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print a graph and its compile report", description="Print a graph file's groups and arrows, then its compile report.")
     p.add_argument("file", metavar="FILE", help="graph YAML file")
     p.add_argument("--batch", type=int, default=1, help="batch size for the report's shapes and FLOPs (default 1)")
+    p.add_argument("--shard", action="append", metavar="GROUP:AXIS", help="split this agent axis of this group over all devices (repeatable); "
+                   "the report lists the split groups and the collectives XLA inserted (docs/scaling.md)")
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="N", help="simulate N CPU devices (to see a split on a machine without accelerators)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("draw", help="draw a graph's topology", description="Draw a graph file's topology: groups (or agents, with --expand) and arrows, left to right along the forward schedule.")
