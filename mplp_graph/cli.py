@@ -118,7 +118,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         prog = mg.compile_graph(spec)
         if axes:
-            from mplp_graph.runtime.partition import device_mesh
+            from mplp_graph.compile.partition import device_mesh
 
             prog = prog.shard_agents(device_mesh(1), axes)
         report = prog.report(batch_size=args.batch)

@@ -232,13 +232,19 @@ def _identities() -> dict[int, tuple[str, int]]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, dead but not yet reaped by its
+    parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: trust the signal check
 
 
 def lost_processes() -> tuple[list[int], list[int]]:

@@ -1,4 +1,4 @@
-"""Groups of agents split across devices (mplp_graph.runtime.partition): a dense MPLP net with
+"""Groups of agents split across devices (mplp_graph.compile.partition): a dense MPLP net with
 its hidden layer split, and a grid cellular automaton split by rows, step to step as the
 unsplit programs on simulated CPU devices; the compile report names the split groups and the
 collectives XLA inserted; a split that cannot be made is a located error."""
@@ -44,8 +44,9 @@ def test_inspect_reports_the_split_and_rejects_bad_axes(tmp_path):
     out = _run("-m", "mplp_graph.cli", "inspect", graph, "--shard", "cell:1", "--cpu-devices", "2")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "split across 2 devices" in out.stdout and "collectives per step" in out.stdout
-    line = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith("cell"))
-    assert line.split()[:4] == ["cell", "1", "8", "4"]
+    lines = out.stdout.splitlines()
+    table = lines[next(i for i, ln in enumerate(lines) if ln.startswith("split across")) + 3]  # title, header, rule, first row
+    assert table.split() == ["cell", "1", "8", "4", "s,", "n"]
     for shard, expected in (("cell:2", "group 'cell' has agent axes 0..1 (shape [8, 8]); found axis 2"),
                             ("cells:0", "has no group 'cells'"),
                             ("cell:0", "agent axis 0 of group 'cell' has 8 agents, not a multiple of the 3 devices"),

@@ -24,7 +24,7 @@ class CompiledGraph:
     schedule: Schedule
     phases: dict[str, tuple[tuple[Kernel, ...], ...]]
     persistent: frozenset[tuple[str, str]]  # (group, field) pairs that live from step to step
-    # groups split across devices (mplp_graph.runtime.partition.AgentSharding); None: not split
+    # groups split across devices (mplp_graph.compile.partition.AgentSharding); None: not split
     partition: Any = None
 
     @property

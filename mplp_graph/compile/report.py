@@ -57,7 +57,7 @@ class CompileReport:
     state_bytes: int
     flops: float | None  # XLA's estimate for one jitted step; None if the backend gives none
     bytes_accessed: float | None
-    # groups split across devices (runtime.partition): (group, agent axis, agents, devices, fields split)
+    # groups split across devices (compile.partition): (group, agent axis, agents, devices, fields split)
     split: tuple[tuple[str, int, int, int, tuple[str, ...]], ...] = ()
     # cross-device operations XLA inserted into one step of a split program (None: not compiled)
     collectives: Mapping[str, int] | None = None
@@ -152,14 +152,14 @@ def compile_report(prog: Any, batch_size: int = 1, *, flops: bool = True) -> Com
     if flops:
         args = state
         if part is not None:  # the state as it lies on the mesh: split groups split
-            from mplp_graph.runtime.partition import state_shardings
+            from mplp_graph.compile.partition import state_shardings
 
             shardings = state_shardings(prog.spec, part, state)
             args = jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, shardings)
         compiled = jax.jit(prog.step).lower(params, args, abstract_batch(prog, batch_size)).compile()
         cost = _cost(compiled)
         if part is not None:
-            from mplp_graph.runtime.partition import count_collectives
+            from mplp_graph.compile.partition import count_collectives
 
             collectives = count_collectives(compiled.as_text())
     split = ()

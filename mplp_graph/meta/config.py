@@ -84,7 +84,7 @@ class MetaConfig(_Strict):
     checkpoint_every: int = Field(500, ge=1)
     shard_tasks: bool = False  # split the outer batch over all devices (mplp_graph.meta.shard)
     # split agent axes of the graph's groups over devices, {group: agent axis}, e.g. {W0: 1, b0: 0,
-    # a0: 0, W1: 0} for a dense net's first hidden layer (mplp_graph.runtime.partition; docs/scaling.md)
+    # a0: 0, W1: 0} for a dense net's first hidden layer (mplp_graph.compile.partition; docs/scaling.md)
     shard_agents: dict[str, int] = {}
     # devices along the mesh's agents axis; default: all (required with shard_tasks or several
     # processes, where the rest of the devices split the outer batch)

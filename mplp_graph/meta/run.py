@@ -212,7 +212,7 @@ def splits_tasks(config: ExperimentConfig) -> bool:
 
 def device_layout(config: ExperimentConfig) -> tuple[int, int] | None:
     """``(tasks, agents)``: the mesh's shape (devices splitting the outer batch, devices splitting
-    agent axes; mplp_graph.runtime.partition.device_mesh), or None for no mesh."""
+    agent axes; mplp_graph.compile.partition.device_mesh), or None for no mesh."""
     m = config.meta
     n = jax.device_count()
     if not m.shard_agents:
@@ -240,7 +240,7 @@ def check_devices(config: ExperimentConfig, loc: Callable[[str], Location], prog
         return
     tasks, agents = layout
     if prog is not None and m.shard_agents:
-        from mplp_graph.runtime.partition import sharding_problems
+        from mplp_graph.compile.partition import sharding_problems
 
         problems = sharding_problems(prog.spec, dict(m.shard_agents), agents)
         if problems:
@@ -334,7 +334,7 @@ def meta_step(setup: Setup) -> MetaStep:
     mesh, prog = None, setup.prog
     layout = device_layout(setup.config)
     if layout is not None:  # tasks (the outer batch) and/or agents split over the devices of every process
-        from mplp_graph.runtime.partition import device_mesh
+        from mplp_graph.compile.partition import device_mesh
 
         mesh = device_mesh(*layout)
         prog = prog.shard_agents(mesh, dict(m.shard_agents))

@@ -83,9 +83,9 @@ class Program(CompiledGraph):
 
     def shard_agents(self, mesh: Any, axes: dict[str, int]) -> Program:
         """This program with the agent axes ``{group: axis}`` split over the ``"agents"`` axis
-        of ``mesh`` (:mod:`mplp_graph.runtime.partition`, docs/scaling.md): the same results,
+        of ``mesh`` (:mod:`mplp_graph.compile.partition`, docs/scaling.md): the same results,
         the split groups' state spread over the devices. An empty ``axes``: not split."""
-        from mplp_graph.runtime.partition import plan
+        from mplp_graph.compile.partition import plan
 
         return dataclasses.replace(self, partition=plan(self.spec, mesh, axes) if axes else None)
 
