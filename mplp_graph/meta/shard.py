@@ -75,3 +75,27 @@ def broadcast(tree: Any) -> Any:
     from jax.experimental import multihost_utils
 
     return multihost_utils.broadcast_one_to_all(tree)
+
+
+def split_leading(mesh: Mesh, tree: Any) -> Any:
+    """Global arrays with every leaf's leading axis (a sweep's runs) split over the mesh's
+    ``"tasks"`` axis; in a job of several processes, process 0's values (each process places
+    the pieces its devices hold)."""
+    host = broadcast(jax.device_get(tree))
+
+    def place(x):
+        x = np.asarray(x)
+        sharding = NamedSharding(mesh, PartitionSpec(AXIS, *([None] * (x.ndim - 1))))
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(place, host)
+
+
+def gather(tree: Any) -> Any:
+    """Whole host (numpy) copies of arrays that may be split across processes; in a job of
+    several processes every process must call it (a collective operation)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)

@@ -3,6 +3,7 @@ import os
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import json
+import numpy as np
 
 import jax
 import jax.numpy as jnp
@@ -49,3 +50,20 @@ cfg = ExperimentConfig.model_validate({
 with tempfile.TemporaryDirectory() as d:
     _, hist = train(cfg, d, progress=False)
     print(json.dumps({"train_steps": len(hist), "train_finite": all(h["loss"] == h["loss"] for h in hist)}), file=sys.stderr)
+
+# a sweep of 2 runs split over the 2 devices (meta_train(..., runs=2, mesh=...)) against the same sweep unsplit
+from mplp_graph.meta.sweep import stack  # noqa: E402
+from mplp_graph.meta.train import meta_train  # noqa: E402
+
+run_params = stack([prog.init_params(jax.random.PRNGKey(s)) for s in (0, 1)])
+run_pools = stack([make_pool(prog, jax.random.PRNGKey(10 + s), 8) for s in (0, 1)])
+run_keys = jnp.stack([jax.random.PRNGKey(20 + s) for s in (0, 1)])
+with tempfile.TemporaryDirectory() as d:
+    unsplit, _ = meta_train(plain, run_params, mask, run_pools, run_keys, 2, d + "/a", runs=2, progress=False)
+    split, hist = meta_train(plain, run_params, mask, run_pools, run_keys, 2, d + "/b", runs=2, progress=False, mesh=mesh)
+    saved = dict(np.load(d + "/b/params.npz"))
+leaves = list(zip(jax.tree_util.tree_leaves(unsplit), jax.tree_util.tree_leaves(split), jax.tree_util.tree_leaves(run_params)))
+print(json.dumps({"sweep_diff": max(float(jnp.abs(a - b).max()) for a, b, _ in leaves),
+                  "sweep_moved": max(float(jnp.abs(a - p).max()) for a, _, p in leaves),
+                  "sweep_devices": len(jax.tree_util.tree_leaves(split)[0].sharding.device_set),
+                  "sweep_rows": len(hist), "sweep_saved_runs": {v.shape[0] for v in saved.values()} == {2}}))
