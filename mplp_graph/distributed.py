@@ -20,7 +20,8 @@ process is taken for alive. CPU processes exchange data with gloo over TCP.
 
 When a process dies, the others fail in their next collective operation;
 :func:`lost_process_error` turns that failure into :class:`LostProcessError`, which names the
-lost process when it can (processes publish their host and pid when they join).
+lost process when it can (processes publish their host and pid when they join). Uncaught, it
+ends the process at once with status 3 (:func:`exit_lost`).
 """
 
 from __future__ import annotations
@@ -166,6 +167,21 @@ def initialize(settings: Settings) -> None:
     finally:
         timer.cancel()
     _publish_identity()
+    _install_excepthook()
+
+
+def _install_excepthook() -> None:
+    """An uncaught :class:`LostProcessError` ends the process through :func:`exit_lost` (a
+    normal exit would wait for the lost process at the runtime's shutdown barrier, then abort
+    with a stack trace), in scripts as in the CLI."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if isinstance(value, LostProcessError):
+            exit_lost(value)
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 def initialize_from_env(env: Mapping[str, str] | None = None) -> Settings | None:

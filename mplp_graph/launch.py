@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
-from mplp_graph.distributed import COORDINATOR, NUM_PROCESSES, PROCESS_ID
+from mplp_graph.distributed import COORDINATOR, EXIT_LOST_PROCESS, NUM_PROCESSES, PROCESS_ID
 
 
 def free_port() -> int:
@@ -46,6 +46,8 @@ def _pump(stream: IO[str], prefix: str, out: IO[str]) -> None:
 
 
 def _describe(status: int) -> str:
+    if status == EXIT_LOST_PROCESS:
+        return f"exited with status {status} (it lost another process of the job)"
     if status < 0:
         try:
             return f"was killed by {signal.Signals(-status).name}"
@@ -79,6 +81,7 @@ def launch(command: Sequence[str], processes: int, *, port: int | None = None, g
             now = time.monotonic()
             if first_failure is None:
                 failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (None, 0)]
+                failed.sort(key=lambda f: f[1] == EXIT_LOST_PROCESS)  # a process that only lost another is not the cause
                 if failed:
                     first_failure, deadline = failed[0], now + grace
                     print(f"launch: process {failed[0][0]} {_describe(failed[0][1])}; waiting up to {grace:.0f} s for the others to stop",
@@ -107,13 +110,12 @@ def launch(command: Sequence[str], processes: int, *, port: int | None = None, g
         return 130
     for t in pumps:
         t.join(timeout=5)
-    if first_failure is None:
-        for i, p in enumerate(procs):
-            if p.returncode != 0:
-                first_failure = (i, p.returncode)
-                break
+    failed = sorted(((i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0), key=lambda f: f[1] == EXIT_LOST_PROCESS)
+    if first_failure is None and failed:
+        first_failure = failed[0]
     if first_failure is None:
         return 0
     i, status = first_failure
-    print(f"launch: the job failed: process {i} {_describe(status)}", file=sys.stderr, flush=True)
+    others = "; ".join(f"process {j} {_describe(st)}" for j, st in failed if j != i)
+    print(f"launch: the job failed: process {i} {_describe(status)}" + (f"; {others}" if others else ""), file=sys.stderr, flush=True)
     return status if status > 0 else 128 - status

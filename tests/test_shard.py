@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent / "scripts" / "shard_check.py"
 
 
@@ -22,6 +24,8 @@ def test_sharded_meta_step_equals_plain():
     assert r["all_reduces"] > 0  # the meta-gradient is reduced across devices
     t = json.loads(next(ln for ln in out.stderr.splitlines() if '"train_steps"' in ln))  # meta.shard_tasks: true trains end to end
     assert t == {"train_steps": 2, "train_finite": True}
-    # a sweep's runs split over the devices (meta_train(..., runs=2, mesh=...)): the unsplit sweep's parameters
-    assert r["sweep_devices"] == 2 and r["sweep_rows"] == 2 and r["sweep_saved_runs"]
-    assert r["sweep_moved"] > 1e-4 and r["sweep_diff"] < 1e-2 * r["sweep_moved"]
+    # a sweep's runs split over the devices (meta_train(..., runs=2, mesh=...)): each run's parameters as alone
+    assert r["sweep_devices"] == 2 and r["sweep_rows"] == 1 and r["sweep_saved_runs"]
+    assert r["sweep_loss"] == pytest.approx(r["alone_loss"], rel=1e-5)  # the same meta-losses ...
+    # ... and updates: Adam's first step, g / (|g| + eps) per element, magnifies float rounding where |g| ~ eps
+    assert r["sweep_moved"] > 1e-4 and r["sweep_diff"] < 5e-2 * r["sweep_moved"]
