@@ -34,10 +34,10 @@ def worker(out: str, outer_batch: int, devices: int, shard: bool) -> None:
     """One process: build the sinusoid meta-step, compile it, time TIMED_STEPS steps."""
     from mplp_graph import distributed
 
-    distributed.initialize_from_env()
+    job = distributed.initialize_from_env()
     import jax
 
-    if jax.process_count() == 1 and devices > 1:
+    if job is None and devices > 1:  # simulated devices, set before JAX starts its backend
         jax.config.update("jax_num_cpu_devices", devices)
     import numpy as np
 
