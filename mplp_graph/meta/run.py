@@ -225,6 +225,8 @@ def check_devices(config: ExperimentConfig, loc: Callable[[str], Location], prog
     """Located errors when the outer batch or the agent axes of ``meta.shard_agents`` cannot be
     split over the devices (of every process)."""
     m = config.meta
+    if not (m.shard_agents or m.agent_devices or splits_tasks(config)):
+        return
     n = jax.device_count()
     procs = f" ({jax.process_count()} processes x {jax.local_device_count()} devices)" if jax.process_count() > 1 else ""
     if m.shard_agents:
