@@ -23,10 +23,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import yaml
 
 from mplp_graph import distributed
 from mplp_graph.cache import enable_compilation_cache
+from mplp_graph.config.load import read_value
 from mplp_graph.errors import MplpGraphError
 from mplp_graph.meta.checkpoint import atomic_write_bytes
 from mplp_graph.meta.config import apply_overrides, load_experiment
@@ -66,7 +66,10 @@ def main(argv=None) -> int:
         key, eq, value = item.partition("=")
         if not eq:
             ap.error(f"--set {item}: expected SECTION.KEY=VALUE, e.g. meta.outer_batch=4")
-        overrides[key] = yaml.safe_load(value)
+        try:  # read as in a config file: 1e-3 is a number, 1e999 an error
+            overrides[key] = read_value(value, f"--set {key}")
+        except MplpGraphError as e:
+            ap.error(str(e))
     try:  # located errors: file:line:col for the config, --set KEY for the overrides
         config, locate = load_experiment(args.config)
         config = apply_overrides(config, overrides, "--set")

@@ -4,6 +4,7 @@ Subcommands::
 
     mplp-graph validate FILE...   load and verify graph files; report every file
     mplp-graph inspect FILE       print the graph and its compile report
+    mplp-graph ops [NAME...]      the registered ops, their inputs and arguments
     mplp-graph draw FILE -o OUT   draw the topology (.png, .svg, .pdf or .dot)
     mplp-graph train CONFIG       meta-train from an experiment config (resumable; one process of
                                   a job when JAX_COORDINATOR_ADDRESS etc. are set, docs/scaling.md)
@@ -13,10 +14,11 @@ Subcommands::
     mplp-graph demo               meta-train a small MPLP learner, compare it with Adam
     mplp-graph backprop           train the sinusoid net with the backprop protocol
 
-Exit status: 0 on success, 2 on a user error (a bad graph file, a missing file, bad arguments),
-with a one-line message per problem on stderr that says where it is; never a traceback for
-those; 3 when another process of a multi-process job was lost (mplp_graph.distributed).
-Anything else is a bug and is left to raise.
+Exit status: 0 on success, 2 on a user error (a bad graph file, a missing file, bad arguments,
+a numeric option out of range), with a one-line message per problem on stderr that says where
+it is; never a traceback for those; 3 when another process of a multi-process job was lost
+(mplp_graph.distributed). Anything else is a bug and is left to raise.
+``mplp-graph --version`` prints the installed version.
 """
 
 from __future__ import annotations
@@ -44,6 +46,26 @@ DEMO_REPORT_EVERY = 50
 
 class UserError(Exception):
     """A problem the user can fix; ``main`` prints it and exits with status 2."""
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low`` (argparse prints the message, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in some messages
+    return parse
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
 
 
 def _user_message(err: BaseException, path: str | None = None) -> str:
@@ -109,8 +131,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     spec = _load(args.file)
     axes = _shard_axes(args.shard or [])
     if args.cpu_devices is not None:
-        if args.cpu_devices < 1:
-            raise UserError(f"--cpu-devices must be at least 1, got {args.cpu_devices}")
         import jax
 
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before JAX starts its CPU backend
@@ -126,6 +146,32 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise UserError(_user_message(e, args.file)) from None
     print()
     print(report)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# ops
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    """List the registered ops (built-in, learners) with their inputs and arguments."""
+    import mplp_graph as mg
+    from mplp_graph.ir.verify import suggest
+    from mplp_graph.ops.registry import describe_args
+
+    if args.markdown:
+        print(mg.op_table(), end="")
+        return EXIT_OK
+    names = args.names or mg.op_names()
+    unknown = [n for n in names if n not in mg.op_names()]
+    if unknown:
+        raise UserError("; ".join(f"unknown op {n!r}.{suggest(n, mg.op_names())}" for n in unknown) + " ('mplp-graph ops' lists them all)")
+    for name in names:
+        op = mg.get_op(name)
+        arity = "any number of inputs" if op.arity is None else f"{op.arity} input{'s' if op.arity != 1 else ''}"
+        print(f"{name} ({arity}{'' if op.differentiable else ', no gradient'}): {op.doc}")
+        for r in describe_args(op):
+            print(f"    {r['name']}: {r['type']}, {r['default']}" + (f"; {r['description']}" if r["description"] else ""))
     return EXIT_OK
 
 
@@ -181,8 +227,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mplp_graph import distributed
     from mplp_graph.meta.run import train
 
-    if args.steps is not None and args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
     job = _join_job()  # before JAX starts its backend
     setup = _setup(args.config, args.steps)  # checked whole before the run folder is touched
     try:
@@ -209,8 +253,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
         command = command[1:]
     if not command:
         raise UserError("launch: give the command after --, e.g. mplp-graph launch --processes 2 -- mplp-graph train CONFIG")
-    if args.processes < 1:
-        raise UserError(f"--processes must be at least 1, got {args.processes}")
     if args.port is not None and not 0 < args.port < 65536:
         raise UserError(f"--port must be a TCP port (1-65535), got {args.port}")
     try:
@@ -239,8 +281,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except (FileNotFoundError, MplpGraphError) as e:
             raise UserError(_user_message(e)) from None
         source = args.run_dir
-    if args.runs is not None and args.runs < 1:
-        raise UserError(f"--runs must be at least 1, got {args.runs}")
     out = Path(args.out or args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = f"mplp-graph eval {source}" + (f" --runs {args.runs}" if args.runs else "") + (f" --split {args.split}" if args.split else "")
@@ -362,8 +402,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """
     from mplp_graph.meta.demo import run_demo
 
-    if args.meta_steps < 1 or args.runs < 1:
-        raise UserError("--meta-steps and --runs must be at least 1")
     run_demo(args.meta_steps, args.runs, args.out, args.seed, progress=not args.no_progress)
     return EXIT_OK
 
@@ -456,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mplp-graph",
         description="A graph-of-agents engine for message passing learning protocols (MPLP).",
     )
+    from mplp_graph import __version__
+
+    parser.add_argument("--version", action="version", version=f"mplp-graph {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -465,11 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="print a graph and its compile report", description="Print a graph file's groups and arrows, then its compile report.")
     p.add_argument("file", metavar="FILE", help="graph YAML file")
-    p.add_argument("--batch", type=int, default=1, help="batch size for the report's shapes and FLOPs (default 1)")
+    p.add_argument("--batch", type=POSITIVE, default=1, help="batch size for the report's shapes and FLOPs (default 1)")
     p.add_argument("--shard", action="append", metavar="GROUP:AXIS", help="split this agent axis of this group over all devices (repeatable); "
                    "the report lists the split groups and the collectives XLA inserted (docs/scaling.md)")
-    p.add_argument("--cpu-devices", type=int, default=None, metavar="N", help="simulate N CPU devices (to see a split on a machine without accelerators)")
+    p.add_argument("--cpu-devices", type=POSITIVE, default=None, metavar="N", help="simulate N CPU devices (to see a split on a machine without accelerators)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("ops", help="list the registered ops and their arguments", description=cmd_ops.__doc__)
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these ops")
+    p.add_argument("--markdown", action="store_true", help="the op table of docs/yaml.md (Markdown)")
+    p.set_defaults(func=cmd_ops)
 
     p = sub.add_parser("draw", help="draw a graph's topology", description="Draw a graph file's topology: groups (or agents, with --expand) and arrows, left to right along the forward schedule.")
     p.add_argument("file", metavar="FILE", help="graph YAML file")
@@ -481,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="meta-train from an experiment config", description="Meta-train from an experiment config (YAML, see experiments/sinusoid/config.yaml; any graph with learner arrows through graph.file, see docs/custom-graph.md): progress bar, metrics.jsonl, checkpoints; resumes from the latest checkpoint in RUN_DIR unless --no-resume.")
     p.add_argument("config", metavar="CONFIG", help="experiment config YAML")
     p.add_argument("--run-dir", default="runs/train", help="folder for metrics and checkpoints (default runs/train)")
-    p.add_argument("--steps", type=int, default=None, help="override meta.steps")
+    p.add_argument("--steps", type=POSITIVE, default=None, help="override meta.steps")
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch even if RUN_DIR has checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -490,8 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
         "launch", help="run a command as a job of several processes on this machine",
         description=cmd_launch.__doc__.replace("\n", " ") + " Example: mplp-graph launch --processes 2 -- mplp-graph train experiments/sinusoid/config.yaml",
     )
-    p.add_argument("--processes", "-n", type=int, required=True, help="how many processes")
-    p.add_argument("--port", type=int, default=None, help="the coordinator's TCP port (default: a free one)")
+    p.add_argument("--processes", "-n", type=POSITIVE, required=True, help="how many processes")
+    p.add_argument("--port", type=POSITIVE, default=None, help="the coordinator's TCP port (default: a free one)")
     p.add_argument("--grace", type=float, default=60.0, help="seconds the others get to stop after one fails (default 60)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command every process runs")
     p.set_defaults(func=cmd_launch)
@@ -506,10 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help="a folder written by 'train'")
     p.add_argument("--config", help="an experiment config (YAML), with --learner instead of RUN_DIR")
     p.add_argument("--learner", help="learner parameters (.npz, e.g. experiments/mnist/learner.npz) for --config's graph")
-    p.add_argument("--runs", type=int, default=None, help="override eval.runs")
+    p.add_argument("--runs", type=POSITIVE, default=None, help="override eval.runs")
     p.add_argument("--split", choices=("test", "validation"), default=None, help="override eval.split (validation: model selection)")
     p.add_argument("--transfers", action="store_true", help="MNIST: also the step activation and the (784, 100, 10) transfer (Table 1)")
-    p.add_argument("--runs-784", type=int, default=None, help="MNIST: runs of the (784, 100, 10) transfer (default: --runs; 0 skips it)")
+    p.add_argument("--runs-784", type=NON_NEGATIVE, default=None, help="MNIST: runs of the (784, 100, 10) transfer (default: --runs; 0 skips it)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR; required with --learner)")
     p.set_defaults(func=cmd_eval)
 
@@ -520,15 +566,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reference)
 
     p = sub.add_parser("demo", help="meta-train a small MPLP learner and compare it with Adam", description=cmd_demo.__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("--meta-steps", type=int, default=150, help="meta-training steps (default 150)")
-    p.add_argument("--runs", type=int, default=100, help="evaluation runs (default 100)")
+    p.add_argument("--meta-steps", type=POSITIVE, default=150, help="meta-training steps (default 150)")
+    p.add_argument("--runs", type=POSITIVE, default=100, help="evaluation runs (default 100)")
     p.add_argument("--out", default="mplp-demo", help="output folder (default mplp-demo)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("backprop", help="train the sinusoid net with the backprop protocol next to jax.grad", description=cmd_backprop.__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--steps", type=POSITIVE, default=300, help="training steps (default 300)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_backprop)
     return parser
 

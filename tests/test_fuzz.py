@@ -197,6 +197,41 @@ def mutated_documents(draw) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# strict-input mutations: a value that must be refused in a slot that holds a number, or a
+# number / boolean in an op argument that holds a word. None of them may be accepted.
+
+BAD_NUMBERS = [True, False, float("nan"), float("inf"), float("-inf"), "3", "0.1", "1e999", [1], {"a": 1}]
+WORD_ARGS = ("standardize", "matmul", "first_layer", "activation")
+
+
+def number_paths(doc: Any) -> list[tuple]:
+    """Paths of the numbers (not booleans) in ``doc``: shapes, axes, edges, inits, op arguments."""
+    return [p for p in node_paths(doc) if type(get_at(doc, p)) in (int, float)]
+
+
+def word_arg_paths(doc: Any) -> list[tuple]:
+    return [p for p in node_paths(doc) if len(p) > 2 and p[-2] == "args" and p[-1] in WORD_ARGS]
+
+
+STRICT_SEEDS = [d for d in SEED_DOCS if number_paths(d)]
+
+
+@st.composite
+def strictly_bad_documents(draw) -> Any:
+    doc = copy.deepcopy(draw(st.sampled_from(STRICT_SEEDS)))
+    paths = word_arg_paths(doc) if draw(st.booleans()) else []
+    if paths:  # a type-confused op argument: a number, a boolean or a misspelt word where a word belongs
+        path = draw(st.sampled_from(paths))
+        bad = draw(st.one_of(st.sampled_from([1, 0.5, True, float("nan")]), st.sampled_from(["tanhh", "froze", "bf16", "Split", ""])))
+    else:
+        path = draw(st.sampled_from(number_paths(doc)))
+        bad = draw(st.sampled_from(BAD_NUMBERS))
+    parent = get_at(doc, path[:-1])
+    parent[path[-1]] = copy.deepcopy(bad)
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
 # text- and byte-level mutations
 
 TOKENS = [":", ": ", "-", "- ", "[", "]", "{", "}", ",", "&a ", "*a", "!", "!!", "|", ">", "'", '"', "#", "\t", "\n",
@@ -453,6 +488,20 @@ def test_seed_graphs_load():
 @given(mutated_documents())
 def test_fuzz_mutated_documents(doc):
     run_case("documents", yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+@FUZZ
+@given(strictly_bad_documents())
+def test_fuzz_strict_values_are_refused(doc):
+    """Booleans, strings, non-finite and overflowing numbers in numeric slots, and type-confused
+    op arguments: refused (with located issues), never coerced and accepted."""
+    text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).replace("'1e999'", "1e999")
+    before = COUNTS["strict", "accepted"]
+    run_case("strict", text)
+    if COUNTS["strict", "accepted"] > before:
+        if not LONG:
+            pytest.fail(f"accepted a value that must be refused:\n{text[:3000]}")
+        UNEXPECTED.append(("strict", "accepted a value that must be refused", text[:2000]))
 
 
 @FUZZ

@@ -254,6 +254,8 @@ def _describe(err: dict, tokens: list, value: Any, data: Any, root: Any = GraphS
         return f"{key or 'this mapping'} needs a key {ctx.get('discriminator', 'kind')} saying which kind it is, got {_found(value)}; add e.g. 'kind: normal'"
     if kind == "value_error":  # the spec's own validators, whose messages say what is needed
         return msg.removeprefix("Value error, ")
+    if kind == "finite_number":
+        return f"expected a finite number, got {_found(value)}; .nan and .inf are not accepted here.{_help(tokens) or ' Change the value.'}"
     if kind in ("too_short", "too_long"):
         bound = f"at least {ctx.get('min_length')}" if kind == "too_short" else f"at most {ctx.get('max_length')}"
         return f"expected {bound} items, got {_found(value)} with {ctx.get('actual_length')} items.{_help(tokens)}"

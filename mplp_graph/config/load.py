@@ -70,6 +70,20 @@ def validate_located(text: str, filename: str, model: Any, error: type[GraphSpec
         raise error(validation_issues(e, data, locate, model)) from None
 
 
+def read_value(text: str, source: str = "<value>") -> Any:
+    """One YAML value read by the rules of graph and config files (``1e-3`` a number, an
+    overflowing literal refused, no tags), e.g. the ``VALUE`` of a ``--set KEY=VALUE`` option.
+    Raises :class:`GraphSpecError` naming ``source``."""
+    node, anchors = compose_nodes(text, source)
+    if node is None:
+        return None
+    builder = NodeBuilder(source, anchors)
+    value = builder.build(node, "")
+    if builder.issues:
+        raise GraphSpecError(builder.issues)
+    return value
+
+
 def dump_graph(spec: GraphSpec) -> str:
     """YAML text of ``spec`` (YAML keys, defaults left out, ``op``/``init`` shorthands used)."""
     data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)

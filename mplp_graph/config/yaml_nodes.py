@@ -3,6 +3,8 @@ of every key and item (see :mod:`mplp_graph.config.load`)."""
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import yaml
@@ -36,6 +38,14 @@ MSG_DEEP = (
     "values are nested more than {limit} levels deep{how}; a graph needs fewer than 10 levels, so look for "
     "unclosed brackets or a chain of aliases"
 )
+MSG_OVERFLOW = (
+    "the number {text} is too large for a 64-bit float (it would become infinity); write a number below 1.8e308 "
+    "in magnitude (or quote it if it is meant as text)"
+)
+# YAML 1.2's float syntax. PyYAML follows YAML 1.1, whose floats need a dot, so a plain `1e-3`
+# would be read as the string '1e-3'; this reads it as the number every YAML 1.2 reader sees.
+_FLOAT_12 = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)$")
+_INF_TEXT = re.compile(r"^[-+]?\.(inf|Inf|INF)$")
 MSG_TOP = "the top level of a graph file must be a mapping with keys such as " + _TOP_KEYS + "; found {found}"
 
 
@@ -174,13 +184,24 @@ class NodeBuilder:
         if node.tag not in _PLAIN_SCALARS:
             self.issues.append((self._loc(node, path), MSG_TAG.format(tag=_short_tag(node.tag))))
             return None
+        if node.tag == YAML_TAG + "str" and node.style is None and _FLOAT_12.match(node.value):
+            return self._float(node, path, float(node.value))  # plain 1e-3: a number (YAML 1.2)
         if node.tag in (YAML_TAG + "str", YAML_TAG + "timestamp"):
             return node.value  # dates stay text: no field of a graph holds a date
         try:
-            return _CONSTRUCTOR.construct_object(node)
+            value = _CONSTRUCTOR.construct_object(node)
         except (ValueError, KeyError, TypeError, yaml.YAMLError):  # an explicit tag on a value that is not of its type: `!!int abc`
             self.issues.append((self._loc(node, path), MSG_BAD_SCALAR.format(value=node.value, tag=_short_tag(node.tag))))
             return None
+        return self._float(node, path, value) if isinstance(value, float) else value
+
+    def _float(self, node: ScalarNode, path: str, value: float) -> float | None:
+        """``value``, or an issue when the text overflows to infinity without saying `.inf`
+        (`1e999`: the number the user wrote cannot be represented)."""
+        if math.isinf(value) and not _INF_TEXT.match(node.value.strip()):
+            self.issues.append((self._loc(node, path), MSG_OVERFLOW.format(text=node.value)))
+            return None
+        return value
 
     def _sequence(self, node: SequenceNode, path: str) -> list:
         out = []

@@ -9,6 +9,7 @@ as space-separated names (``"row col -> col"``) or as single characters (``"ij->
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -52,7 +53,10 @@ def parse_index_map(text: str, src_rank: int | None = None) -> IndexMap:
         names = tuple(f"a{k}" for k in range(src_rank))
         return IndexMap(names, names)
     if text.count("->") != 1:
-        raise IndexMapError(f"expected one '->' as in 'i j -> j', got {text!r}")
+        word = text.strip()
+        if "->" not in text and difflib.get_close_matches(word.lower(), ["identity"], n=1, cutoff=0.6):
+            raise IndexMapError(f"unknown index map {text!r}. Did you mean 'identity'? (or an arrow such as 'i j -> j')")
+        raise IndexMapError(f"expected one '->' as in 'i j -> j' (or the word 'identity'), got {text!r}")
     left, right = text.split("->")
     m = IndexMap(_side(left), _side(right))
     for side, names in (("left", m.src), ("right", m.dst)):

@@ -11,6 +11,7 @@ one feature axis of size 1.
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -79,7 +80,18 @@ def resolve_share(a: ArrowSpec, op: Op) -> str | tuple[tuple[str, str], ...] | N
     keys = a.share if isinstance(a.share, dict) else {}
     unknown = sorted(set(keys) - set(op.param_parts))
     if unknown:
-        raise ResolveError("share", f"op {op.name!r} has parameter parts {list(op.param_parts)}, not {unknown}")
+        close = [p for u in unknown for p in difflib.get_close_matches(u, op.param_parts, n=1)]
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ResolveError("share", f"op {op.name!r} has parameter parts {list(op.param_parts)}, not {unknown}.{hint}")
+    missing = [p for p in op.param_parts if p not in keys]
+    if isinstance(a.share, dict) and missing:
+        # a part left out would silently get parameters of its own: say so instead
+        raise ResolveError(
+            "share",
+            f"the share mapping gives keys for {sorted(keys)} but not for {missing}; op {op.name!r} has parameter parts "
+            f"{list(op.param_parts)}: give every part a key (a key used by this arrow only, such as {a.name!r}, keeps "
+            "that part's parameters per arrow), or give 'share' as one key for all parts",
+        )
     default = a.share if isinstance(a.share, str) else a.name
     return tuple((part, keys.get(part, default)) for part in op.param_parts)
 
@@ -122,8 +134,9 @@ def resolve_arrow(graph: GraphSpec, index: int, a: ArrowSpec) -> ArrowPlan:
         raise ResolveError("inputs", f"op {op.name!r} takes {op.arity} input(s), got {len(a.inputs)}: {list(a.inputs)}")
     fields = [src.state[n] for n in a.inputs]
     in_features = tuple(feature_shape(f) for f in fields)
+    args = op.check_args(a.op.args)  # the verifier reported arguments that do not fit the op's model
     try:
-        out_features = op.infer(in_features, a.op.args)
+        out_features = op.infer(in_features, args)
     except OpShapeError as e:
         raise ResolveError("op", f"op {op.name!r}: {e}") from None
     batched = any(f.batched for f in fields)
@@ -168,7 +181,7 @@ def resolve_arrow(graph: GraphSpec, index: int, a: ArrowSpec) -> ArrowPlan:
         index=index,
         spec=a,
         op=op,
-        args=dict(a.op.args),
+        args=args,
         src_shape=src.shape,
         dst_shape=dst.shape,
         in_features=in_features,

@@ -32,12 +32,15 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mplp_graph.scalars import Flag, Index, Int, PosInt, Real
+
 AGGREGATES = ("mean", "sum", "max")
 DTYPES = ("float32", "float64", "int32", "bool")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # Numbers are strict (mplp_graph/scalars.py): no bool, string or non-finite value where a number belongs.
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,19 +53,19 @@ class ZerosInit(_Frozen):
 
 class ConstantInit(_Frozen):
     kind: Literal["constant"]
-    value: float
+    value: Real
 
 
 class NormalInit(_Frozen):
     kind: Literal["normal"]
-    std: float = Field(gt=0)
-    mean: float = 0.0
+    std: Real = Field(gt=0)
+    mean: Real = 0.0
 
 
 class UniformInit(_Frozen):
     kind: Literal["uniform"]
-    low: float
-    high: float
+    low: Real
+    high: Real
 
     @model_validator(mode="after")
     def _ordered(self) -> "UniformInit":
@@ -84,11 +87,11 @@ def _init_shorthand(value: Any) -> Any:
 class FieldSpec(_Frozen):
     """One named piece of per-agent state."""
 
-    shape: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    shape: tuple[PosInt, ...] = ()
     dtype: Literal["float32", "float64", "int32", "bool"] = "float32"
-    batched: bool = False
+    batched: Flag = False
     init: Init = ZerosInit()
-    constant_along: tuple[Annotated[int, Field(ge=0)], ...] = ()
+    constant_along: tuple[Index, ...] = ()
 
     _init_str = field_validator("init", mode="before")(_init_shorthand)
 
@@ -101,7 +104,7 @@ class GroupSpec(_Frozen):
     """A tensor of agents of one kind (``weight``, ``bias``, ``activation``, ``loss``, ``input``...)."""
 
     kind: str = Field(min_length=1)
-    shape: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    shape: tuple[PosInt, ...] = ()
     state: dict[str, FieldSpec] = {}
 
 
@@ -113,7 +116,9 @@ class OpRef(_Frozen):
     """Which registered op an arrow runs, with static arguments (hyperparameters)."""
 
     name: str = Field(min_length=1)
-    args: dict[str, Union[bool, int, float, str]] = {}
+    # Any scalar here (NaN included): the verifier checks each against the op's argument model,
+    # whose messages name the argument, its type and its meaning.
+    args: dict[str, Union[Flag, Int, Annotated[float, Field(allow_inf_nan=True)], str]] = {}
 
 
 def _op_shorthand(value: Any) -> Any:
@@ -133,13 +138,24 @@ class ArrowSpec(_Frozen):
     op: OpRef
     inputs: tuple[str, ...] = ()
     map: str | None = None
-    edges: tuple[tuple[int, int], ...] | None = None
+    edges: tuple[tuple[Int, Int], ...] | None = None
     aggregate: Literal["mean", "sum", "max"] = "mean"
     into: str | None = None
     updates: dict[str, str] = {}
     share: str | dict[str, str] | None = None
 
     _op_str = field_validator("op", mode="before")(_op_shorthand)
+
+    @field_validator("share")
+    @classmethod
+    def _share_names(cls, share: Any) -> Any:
+        keys = [share] if isinstance(share, str) else [] if share is None else [*share, *share.values()]
+        if any(not k.strip() for k in keys):
+            raise ValueError(
+                f"share keys must be non-empty names, got {share!r}; write e.g. 'share: layer_net', or remove 'share' "
+                "to give the arrow parameters of its own"
+            )
+        return share
 
     @model_validator(mode="after")
     def _one_connectivity(self) -> "ArrowSpec":
@@ -162,7 +178,7 @@ class RandomSpec(_Frozen):
     """
 
     order: Literal["fixed", "shuffle"] = "fixed"
-    fire: float = Field(1.0, gt=0, le=1)
+    fire: Real = Field(1.0, gt=0, le=1)
 
 
 class ScheduleSpec(_Frozen):

@@ -17,7 +17,9 @@ from mplp_graph.ir.resolve import ResolveError, resolve_arrow
 from mplp_graph.ir.schedule import ScheduleError, build_schedule, phase_names
 from mplp_graph.errors import GraphSpecError, Location
 from mplp_graph.ir.spec import GraphSpec
-from mplp_graph.ops.registry import get_op, op_names
+from pydantic import ValidationError
+
+from mplp_graph.ops.registry import Op, describe_args, get_op, op_names
 
 Issue = tuple[str, str]
 
@@ -38,13 +40,53 @@ def suggest(name: str, choices) -> str:
     return ""
 
 
+def _arg_issues(op: Op, args: dict) -> list[tuple[str, str]]:
+    """``(argument, message)`` for every argument that does not fit the op's argument model."""
+    try:
+        op.args.model_validate(dict(args))
+        return []
+    except ValidationError as e:
+        errors = e.errors()
+    rows = {r["name"]: r for r in describe_args(op)}
+    out = []
+    for err in errors:
+        name = str(err["loc"][0]) if err["loc"] else ""
+        if err["type"] == "missing":
+            row = rows[name]
+            out.append(("", f"op {op.name!r} needs argument {name!r} ({row['type']}: {row['description'] or 'no description'}); add it under op.args"))
+        elif err["type"] == "extra_forbidden":
+            valid = ", ".join(op.arg_names) or "none"
+            close = difflib.get_close_matches(name, op.arg_names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            out.append((name, f"op {op.name!r} takes no argument {name!r} (its arguments: {valid}).{hint}"))
+        else:
+            row = rows.get(name, {"type": "?", "description": ""})
+            value = args.get(name)
+            what = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(type(value), type(value).__name__)
+            reason = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+            hint = ""
+            if err["type"] == "literal_error":
+                choices = [c.strip().strip("'") for c in str((err.get("ctx") or {}).get("expected", "")).replace(" or ", ", ").split(",")]
+                close = difflib.get_close_matches(str(value), choices, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+            elif err["type"] == "finite_number":
+                hint = " NaN and infinity are not valid here; write a finite number."
+            elif isinstance(value, bool):
+                hint = " YAML reads unquoted true/false/yes/no/on/off as booleans."
+            desc = f" ({row['description']})" if row["description"] else ""
+            out.append((name, f"op {op.name!r}: argument {name!r} takes {row['type']}{desc}; got {value!r} ({what}), which is not {reason}.{hint}"))
+    return out
+
+
 def _arrow_ok(g: GraphSpec, k: int) -> bool:
-    """Does arrow k reference existing groups, fields and op (checked by earlier rules)?"""
+    """Does arrow k reference existing groups, fields and op with valid arguments (checked by
+    earlier rules)?"""
     a = g.arrows[k]
     if a.src not in g.groups or a.dst not in g.groups:
         return False
     try:
-        get_op(a.op.name)
+        if _arg_issues(get_op(a.op.name), a.op.args):
+            return False
     except KeyError:
         return False
     src = g.groups[a.src].state
@@ -157,13 +199,8 @@ def rule_ops_exist(g: GraphSpec) -> Iterator[Issue]:
         except KeyError:
             yield f"arrows[{k}].op", _unknown_op(a.op.name)
             continue
-        for arg in a.op.args:
-            if arg not in op.arg_names:
-                valid = ", ".join(op.arg_names) or "none"
-                yield f"arrows[{k}].op.args.{arg}", f"op {op.name!r} takes no argument {arg!r} (its arguments: {valid})"
-        for arg in op.required_args:
-            if arg not in a.op.args:
-                yield f"arrows[{k}].op.args", f"op {op.name!r} needs argument {arg!r}; add it under op.args"
+        for arg, msg in _arg_issues(op, a.op.args):
+            yield f"arrows[{k}].op.args" + (f".{arg}" if arg else ""), msg
 
 
 def rule_arrow_shapes(g: GraphSpec) -> Iterator[Issue]:
@@ -231,6 +268,8 @@ def rule_schedule_names(g: GraphSpec) -> Iterator[Issue]:
     for j, p in enumerate(g.schedule.step):
         if p not in phases:
             yield f"schedule.step[{j}]", f"unknown phase {p!r}.{suggest(p, phases)}"
+    if _duplicate_names(g):  # which arrow a name means is unclear; rule_unique_arrow_names says why
+        return
     names = {a.name: a for a in g.arrows}
     for p, stages in g.schedule.phases.items():
         listed: dict[str, str] = {}
@@ -294,19 +333,117 @@ def rule_schedule_rng(g: GraphSpec) -> Iterator[Issue]:
             yield f"arrows[{k}].updates.{fname}", f"arrow {a.name!r} writes {ref}, the step counter of schedule.rng; only the step advances it"
 
 
+def _one_edit(a: str, b: str) -> bool:
+    """Are ``a`` and ``b`` one edit apart (insert, delete, replace, or swap two neighbours)?"""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [k for k in range(len(a)) if a[k] != b[k]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long = sorted((a, b), key=len)
+    return any(long[:k] + long[k + 1 :] == short for k in range(len(long)))
+
+
+def _step_typos(g: GraphSpec) -> dict[str, str]:
+    """Unknown phases of ``schedule.step`` -> the phase each was probably meant to be
+    (``rule_schedule_names`` reports them with "did you mean")."""
+    phases = phase_names(g)
+    typos = {}
+    for p in g.schedule.step:
+        if p not in phases:
+            close = difflib.get_close_matches(p, phases, n=1)
+            if close:
+                typos[p] = close[0]
+    return typos
+
+
 def rule_phases_run(g: GraphSpec) -> Iterator[Issue]:
+    """Every phase that has arrows is run by an explicit ``schedule.step``: one message per phase,
+    none for a phase that a misspelt step entry was meant to name (reported there)."""
     if not g.schedule.step:
         return
+    meant = set(_step_typos(g).values())
+    reported: set[str] = set()
     for k, a in enumerate(g.arrows):
-        if a.phase not in g.schedule.step:
-            yield f"arrows[{k}].phase", f"arrow {a.name!r} is in phase {a.phase!r}, which schedule.step {list(g.schedule.step)} never runs; add the phase to the step or fix the arrow's phase"
+        if a.phase in g.schedule.step or a.phase in meant or a.phase in reported:
+            continue
+        reported.add(a.phase)
+        members = [b.name for b in g.arrows if b.phase == a.phase]
+        who = f"arrow {a.name!r} is" if len(members) == 1 else f"arrows {members} are"
+        yield (
+            f"arrows[{k}].phase",
+            f"{who} in phase {a.phase!r}, which schedule.step {list(g.schedule.step)} never runs; add the phase to the "
+            f"step or fix the arrow's phase.{suggest(a.phase, g.schedule.step) if difflib.get_close_matches(a.phase, g.schedule.step, n=1) else ''}",
+        )
+
+
+def rule_phase_typos(g: GraphSpec) -> Iterator[Issue]:
+    """A phase named by one arrow only, one edit away from another phase, and not named in the
+    schedule is most likely a misspelling (it would run as a phase of its own, after the others)."""
+    if g.schedule.step:  # an explicit step: rule_phases_run reports phases it does not run
+        return
+    named = set(g.schedule.phases) | set(g.schedule.random)
+    uses: dict[str, list[int]] = {}
+    for k, a in enumerate(g.arrows):
+        uses.setdefault(a.phase, []).append(k)
+    for p, ks in uses.items():
+        if len(ks) != 1 or p in named:
+            continue
+        others = [q for q in uses if q != p and _one_edit(p, q) and (len(uses[q]) > 1 or q in ("forward", "backward"))]
+        if others:
+            yield (
+                f"arrows[{ks[0]}].phase",
+                f"phase {p!r} is used by this arrow only and is one letter away from phase {others[0]!r}. Did you mean "
+                f"{others[0]!r}? If {p!r} is a phase of its own, name it in schedule.step",
+            )
+
+
+def _duplicate_names(g: GraphSpec) -> bool:
+    return len({a.name for a in g.arrows}) < len(g.arrows)
+
+
+def _field_writes(a) -> list[tuple[tuple[str, str], str]]:
+    """``((group, field), how)`` for each field arrow ``a`` writes (``update`` or ``inbox``)."""
+    writes = [((a.src, f), "update") for f in a.updates]
+    if a.into is not None:
+        writes.append(((a.dst, a.into), "inbox"))
+    return writes
+
+
+def rule_one_writer_per_field(g: GraphSpec) -> Iterator[Issue]:
+    """In a phase whose order is derived, a field has one writer: one arrow's ``updates``, or
+    one inbox (arrows sending ``into`` it). Two writers have no order to derive (each reads what
+    the other overwrites); reported as such, not as the dependency cycle they make."""
+    if _duplicate_names(g):
+        return
+    first: dict[tuple[str, tuple[str, str]], tuple[int, str]] = {}
+    for k, a in enumerate(g.arrows):
+        if a.phase in g.schedule.phases or not _arrow_ok(g, k):
+            continue
+        for target, how in _field_writes(a):
+            key = (a.phase, target)
+            if key not in first:
+                first[key] = (k, how)
+                continue
+            j, prev_how = first[key]
+            if prev_how == how == "inbox":
+                continue
+            b = g.arrows[j]
+            yield (
+                f"arrows[{k}]",
+                f"arrows {b.name!r} and {a.name!r} both write {target[0]}.{target[1]} in phase {a.phase!r}; a field has one "
+                "writer per phase (messages sent 'into' one field are aggregated, so several senders are one writer). "
+                f"Write one of them into another field, move it to another phase, or order them with explicit stages "
+                f"under schedule.phases.{a.phase}",
+            )
 
 
 def _schedulable(g: GraphSpec) -> bool:
-    """Arrows and explicit schedule entries are valid (earlier rules report what is not)."""
-    if not all(_arrow_ok(g, k) for k in range(len(g.arrows))):
+    """Arrows, arrow names, field writers and explicit schedule entries are valid (earlier rules
+    report what is not)."""
+    if _duplicate_names(g) or not all(_arrow_ok(g, k) for k in range(len(g.arrows))):
         return False
-    return not any(True for _ in rule_schedule_names(g))
+    return not any(True for _ in rule_schedule_names(g)) and not any(True for _ in rule_one_writer_per_field(g))
 
 
 def rule_schedule_derivable(g: GraphSpec) -> Iterator[Issue]:
@@ -332,10 +469,7 @@ def rule_no_conflicting_writes(g: GraphSpec) -> Iterator[Issue]:
             writers: dict[tuple[str, str], tuple[str, str]] = {}
             for name in stage:
                 a = g.arrows[index[name]]
-                writes = [((a.src, f), "update") for f in a.updates]
-                if a.into is not None:
-                    writes.append(((a.dst, a.into), "inbox"))
-                for target, how in writes:
+                for target, how in _field_writes(a):
                     prev = writers.get(target)
                     if prev is not None and not (prev[1] == how == "inbox"):
                         yield (
@@ -361,6 +495,8 @@ RULES: tuple[Callable[[GraphSpec], Iterator[Issue]], ...] = (
     rule_schedule_random,
     rule_schedule_rng,
     rule_phases_run,
+    rule_phase_typos,
+    rule_one_writer_per_field,
     rule_schedule_derivable,
     rule_no_conflicting_writes,
 )

@@ -23,46 +23,68 @@ current tensors, uses them at once and returns them as side outputs (reference-n
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
+from pydantic import Field
+
 from mplp_graph.learners.nets import FIRST_LAYERS, MATMUL_DTYPES, MLP_HIDDEN, chunked, gru_apply, gru_init, mlp_apply, mlp_init
 from mplp_graph.learners.standardize import OUT_SCALE_INIT, channel_stats, norm_init, standardize
-from mplp_graph.ops.registry import Op, OpShapeError, register_op
+from mplp_graph.ops.registry import Op, OpArgs, OpShapeError, register_op
+from mplp_graph.scalars import Int, Real
+
+# ---------------------------------------------------------------------------------------------
+# arguments (docs/yaml.md's op table is generated from these models)
+
+_MSG = Field(ge=1, description="message width: the channels sent along the arrow")
+_PARAM = Field(None, ge=0, description="index of the input holding the parameter this learner updates; none: messages only")
+_STANDARDIZE = Field("frozen", description="input statistics: `frozen` (from the statistics rollout) or `online` (measured now; used by the rollout)")
+_OUT_SCALE = Field(OUT_SCALE_INIT, gt=0, description="initial scale of the parameter update")
+_MATMUL = Field("float32", description="matmul operand type; `bfloat16` rounds operands, accumulates in float32")
+_FIRST = Field("split", description="first layer: one small matmul per channel (`split`) or one on the concatenated channels (`rows`)")
+_CHUNK = Field(0, ge=0, description="run over pieces of about this many agent-examples (0: whole tensors; same numbers)")
 
 
-def _int_arg(args, name, default=None, low=0):
-    v = args.get(name, default)
-    if not isinstance(v, int) or isinstance(v, bool) or v < low:
-        raise OpShapeError(f"argument {name!r} must be an integer >= {low}, got {v!r}")
-    return v
+class GruArgs(OpArgs):
+    msg: Int = _MSG
+    hidden: Int = Field(ge=0, description="GRU hidden channels besides the update and message channels")
+    carry: Int = Field(ge=0, description="index of the carry input ([update | hidden | message] channels)")
+    param: Int | None = _PARAM
+    standardize: Literal["frozen", "online"] = _STANDARDIZE
+    out_scale_init: Real = _OUT_SCALE
+    matmul: Literal["float32", "bfloat16"] = _MATMUL
+    first_layer: Literal["split", "rows"] = _FIRST
+    chunk_rows: Int = _CHUNK
+
+
+class MlpArgs(OpArgs):
+    msg: Int = _MSG
+    param: Int | None = _PARAM
+    carry: Int | None = Field(None, description="not used: the stateless learner has no carry (given, it is refused with a hint)")
+    standardize: Literal["frozen", "online"] = _STANDARDIZE
+    out_scale_init: Real = _OUT_SCALE
+    matmul: Literal["float32", "bfloat16"] = _MATMUL
+    first_layer: Literal["split", "rows"] = _FIRST
+    chunk_rows: Int = _CHUNK
+
+
+assert set(GruArgs.model_fields["matmul"].annotation.__args__) == set(MATMUL_DTYPES)
+assert set(GruArgs.model_fields["first_layer"].annotation.__args__) == set(FIRST_LAYERS)
 
 
 def _matmul_dtype(args):
-    """The learner's matmul operand type: ``matmul: float32`` (default) or ``bfloat16`` (operands
-    rounded to bfloat16, products accumulated in float32; states stay float32)."""
-    name = args.get("matmul", "float32")
-    if name not in MATMUL_DTYPES:
-        raise OpShapeError(f"argument 'matmul' must be one of {sorted(MATMUL_DTYPES)}, got {name!r}")
-    return MATMUL_DTYPES[name]
-
-
-def _first_layer(args):
-    """How the learner's first layer meets its input channels: ``split`` (default; one small matmul
-    per channel, broadcast-added) or ``rows`` (broadcast and concatenated, one matmul)."""
-    name = args.get("first_layer", "split")
-    if name not in FIRST_LAYERS:
-        raise OpShapeError(f"argument 'first_layer' must be one of {list(FIRST_LAYERS)}, got {name!r}")
-    return name
+    """The learner's matmul operand type: ``float32`` or ``bfloat16`` (operands rounded to
+    bfloat16, products accumulated in float32; states stay float32)."""
+    return MATMUL_DTYPES[args["matmul"]]
 
 
 def _layout(n_inputs: int, args) -> tuple[int | None, int | None]:
-    carry = args.get("carry")
-    param = args.get("param")
+    carry = args["carry"]
+    param = args["param"]
     for name, v in (("carry", carry), ("param", param)):
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < n_inputs):
+        if v is not None and not 0 <= v < n_inputs:
             raise OpShapeError(f"argument {name!r} must index one of the {n_inputs} inputs, got {v!r}")
     if carry is not None and carry == param:
         raise OpShapeError("arguments 'carry' and 'param' must name different inputs")
@@ -85,7 +107,7 @@ def _channel_widths(shapes, carry_idx) -> list[int]:
 
 
 def _standardize(norm, channels, args, side):
-    if args.get("standardize", "frozen") == "online":
+    if args["standardize"] == "online":
         mean, nrm = channel_stats(channels)
         side["side_in_mean"], side["side_in_norm"] = mean, nrm
         mean, nrm = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(nrm)
@@ -96,7 +118,7 @@ def _standardize(norm, channels, args, side):
 
 def _param_update(norm, p, delta, args, side):
     """``p + (delta - out_mean) * out_scale`` per example (batch-averaged by the engine)."""
-    if args.get("standardize", "frozen") == "online":
+    if args["standardize"] == "online":
         out_mean = jax.lax.stop_gradient(jnp.mean(delta))  # batch mean, then mean over the tensor
         side["side_out_mean"] = out_mean
     else:
@@ -109,14 +131,8 @@ def _param_update(norm, p, delta, args, side):
 
 
 def _gru_infer(shapes, args):
-    _matmul_dtype(args)
-    _first_layer(args)
-    _int_arg(args, "chunk_rows", 0)
-    msg = _int_arg(args, "msg", low=1)
-    hidden = _int_arg(args, "hidden", low=0)
+    msg, hidden = args["msg"], args["hidden"]
     carry, param = _layout(len(shapes), args)
-    if carry is None:
-        raise OpShapeError("the stateful learner needs argument 'carry' (index of the carry input)")
     _channel_widths(shapes, carry)
     width = (1 if param is not None else 0) + hidden + msg  # [param update | hidden | message]
     if tuple(shapes[carry]) != (width,):
@@ -135,7 +151,7 @@ def _gru_init(key, shapes, args):
     widths = _channel_widths(shapes, carry)
     return {
         "net": gru_init(key, sum(widths), shapes[carry][0]),
-        "norm": norm_init(len(widths), param is not None, args.get("out_scale_init", OUT_SCALE_INIT)),
+        "norm": norm_init(len(widths), param is not None, args["out_scale_init"]),
     }
 
 
@@ -143,9 +159,9 @@ def _gru_apply(params, inputs, args):
     carry_idx, param_idx = _layout(len(inputs), args)
     side: dict[str, Any] = {}
     xs = _standardize(params["norm"], _channels(inputs, carry_idx), args, side)
-    dtype, first = _matmul_dtype(args), _first_layer(args)
+    dtype, first = _matmul_dtype(args), args["first_layer"]
     # (b, *agents, C), in pieces of about chunk_rows agent-examples if asked
-    c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype, first), [*xs, inputs[carry_idx]], _int_arg(args, "chunk_rows", 0))
+    c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype, first), [*xs, inputs[carry_idx]], args["chunk_rows"])
     msg = args["msg"]
     out = {"carry": c, "message": c[..., -msg:], **side}
     if param_idx is not None:
@@ -161,8 +177,7 @@ register_op(
         infer=_gru_infer,
         apply=_gru_apply,
         init=_gru_init,
-        arg_names=("msg", "hidden", "carry", "param", "standardize", "out_scale_init", "matmul", "first_layer", "chunk_rows"),
-        required_args=("msg", "hidden", "carry"),
+        args=GruArgs,
         param_parts=("net", "norm"),
         doc="stateful MPLP learner: GRU over standardized inputs; carry [param update | hidden | message]",
     )
@@ -174,10 +189,7 @@ register_op(
 
 
 def _mlp_infer(shapes, args):
-    _matmul_dtype(args)
-    _first_layer(args)
-    _int_arg(args, "chunk_rows", 0)
-    msg = _int_arg(args, "msg", low=1)
+    msg = args["msg"]
     carry, param = _layout(len(shapes), args)
     if carry is not None:
         raise OpShapeError("the stateless learner has no carry; remove argument 'carry'")
@@ -195,7 +207,7 @@ def _mlp_init(key, shapes, args):
     return {
         "f": mlp_init(kf, (d, *MLP_HIDDEN, 1)) if param is not None else {},
         "g": mlp_init(kg, (d, *MLP_HIDDEN, args["msg"])),
-        "norm": norm_init(len(shapes), param is not None, args.get("out_scale_init", OUT_SCALE_INIT)),
+        "norm": norm_init(len(shapes), param is not None, args["out_scale_init"]),
     }
 
 
@@ -204,14 +216,14 @@ def _mlp_apply(params, inputs, args):
     side: dict[str, Any] = {}
     xs = _standardize(params["norm"], list(inputs), args, side)
     # f and g see the same standardized input, built before the update (reference-notes 2.3)
-    dtype, first = _matmul_dtype(args), _first_layer(args)
+    dtype, first = _matmul_dtype(args), args["first_layer"]
     has_f = param_idx is not None
 
     def nets(ts):
         g = mlp_apply(params["g"], ts, jax.nn.relu, jnp.tanh, dtype, first)
         return (g, mlp_apply(params["f"], ts, jax.nn.relu, jnp.tanh, dtype, first) if has_f else None)
 
-    message, delta = chunked(nets, xs, _int_arg(args, "chunk_rows", 0))  # delta: (..., 1)
+    message, delta = chunked(nets, xs, args["chunk_rows"])  # delta: (..., 1)
     out = {"message": message}
     if has_f:
         out["param"] = _param_update(params["norm"], inputs[param_idx], delta, args, side)
@@ -226,8 +238,7 @@ register_op(
         infer=_mlp_infer,
         apply=_mlp_apply,
         init=_mlp_init,
-        arg_names=("msg", "param", "carry", "standardize", "out_scale_init", "matmul", "first_layer", "chunk_rows"),
-        required_args=("msg",),
+        args=MlpArgs,
         param_parts=("f", "g", "norm"),
         doc="stateless MPLP learner: f (ReLU 80, ReLU 40, tanh 1) for updates, g (... tanh msg) for messages",
     )

@@ -5,13 +5,16 @@ family, how to meta-train and evaluate. Everything a run needs is here, so a run
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mplp_graph.scalars import Flag, Int, PosInt, PosReal, Real
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # unknown keys refused; numbers strict (no bool, string or non-finite value; mplp_graph/scalars.py)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class GraphConfig(_Strict):
@@ -20,19 +23,19 @@ class GraphConfig(_Strict):
     :func:`mplp_graph.templates.mplp.mplp_feedforward` (a dense net)."""
 
     file: str | None = None
-    sizes: tuple[int, ...] = (1, 20, 20, 1)
+    sizes: tuple[PosInt, ...] = (1, 20, 20, 1)
     activation: str = "relu"
     loss: Literal["l2", "ce"] = "l2"
     learner: Literal["gru", "mlp"] = "gru"
-    msg: int = Field(8, ge=1)
-    hidden: int = Field(15, ge=0)
+    msg: Int = Field(8, ge=1)
+    hidden: Int = Field(15, ge=0)
     sharing: Literal["none", "layers", "layers+norm"] = "none"
-    out_scale_init: float = 0.01
+    out_scale_init: Real = 0.01
     matmul: Literal["float32", "bfloat16"] = "float32"  # learner matmul operands (float32 accumulation)
     # how a learner's first layer meets its input channels (mplp_graph.learners.nets)
     first_layer: Literal["split", "rows"] = "split"
     # learners over pieces of about this many agent-examples (0: whole tensors; docs/mplp.md)
-    chunk_rows: int = Field(0, ge=0)
+    chunk_rows: Int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _file_or_template(self):
@@ -55,13 +58,13 @@ class TaskConfig(_Strict):
     the family's keyword arguments."""
 
     family: str = Field("sinusoid", pattern=r"^(sinusoid|mnist|sequence|linear|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
-    inner_steps: int = Field(5, ge=1)
-    batch: int = Field(10, ge=1)
-    cv_points: int = Field(50, ge=1)
+    inner_steps: Int = Field(5, ge=1)
+    batch: Int = Field(10, ge=1)
+    cv_points: Int = Field(50, ge=1)
     # MNIST only: image side after the resize (12 as the paper, 28 = original) and the number of
     # training images held out as the validation split (CV loss, model selection)
-    image_size: int = Field(12, ge=1, le=28)
-    validation: int = Field(5000, ge=1)
+    image_size: Int = Field(12, ge=1, le=28)
+    validation: Int = Field(5000, ge=1)
     args: dict[str, Any] = {}  # more keyword arguments of the family (e.g. a sequence's window length)
 
 
@@ -70,31 +73,31 @@ RematName = Literal["full", "hidden", "dots", "none"]
 
 
 class MetaConfig(_Strict):
-    steps: int = Field(20000, ge=1)
-    outer_batch: int = Field(4, ge=1)
-    pool: int = Field(128, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    steps: Int = Field(20000, ge=1)
+    outer_batch: Int = Field(4, ge=1)
+    pool: Int = Field(128, ge=1)
+    lr: Real = Field(1e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from lr down to lr_final over `steps`
-    lr_final: float = Field(1e-5, gt=0)
-    hint_weight: float = 0.7
-    cv_weight: float = 0.3
-    stats_rounds: int = Field(1, ge=0)
-    stats_mix: float = Field(1.0, ge=0, le=1)
-    seed: int = 0
-    checkpoint_every: int = Field(500, ge=1)
-    shard_tasks: bool = False  # split the outer batch over all devices (mplp_graph.meta.shard)
+    lr_final: Real = Field(1e-5, gt=0)
+    hint_weight: Real = 0.7
+    cv_weight: Real = 0.3
+    stats_rounds: Int = Field(1, ge=0)
+    stats_mix: Real = Field(1.0, ge=0, le=1)
+    seed: Int = 0
+    checkpoint_every: Int = Field(500, ge=1)
+    shard_tasks: Flag = False  # split the outer batch over all devices (mplp_graph.meta.shard)
     # split agent axes of the graph's groups over devices, {group: agent axis}, e.g. {W0: 1, b0: 0,
     # a0: 0, W1: 0} for a dense net's first hidden layer (mplp_graph.compile.partition; docs/scaling.md)
-    shard_agents: dict[str, int] = {}
+    shard_agents: dict[str, Int] = {}
     # devices along the mesh's agents axis; default: all (required with shard_tasks or several
     # processes, where the rest of the devices split the outer batch)
-    agent_devices: int | None = Field(None, ge=1)
+    agent_devices: PosInt | None = None
     # recompute each inner step in the backward pass (MetaLoss.remat): true (= "full"), false
     # (= "none"), or a partial policy, "hidden" / "dots" (mplp_graph.meta.objectives.REMAT)
-    remat: bool | RematName = True
+    remat: Flag | RematName = True
     # inner steps per iteration of the scan loop (MetaLoss.unroll): 1 = a loop, true = no loop
-    unroll: Annotated[bool, Strict()] | Annotated[int, Field(ge=1)] = 1
-    fast_compile: bool = False  # compile the meta-step with XLA optimization level 1 (train.FAST_COMPILE)
+    unroll: Flag | PosInt = 1
+    fast_compile: Flag = False  # compile the meta-step with XLA optimization level 1 (train.FAST_COMPILE)
     # the outer batch's tasks: vmapped, one after another (map), or auto = map on the CPU, vmap
     # elsewhere (mplp_graph.meta.batching); with shard_tasks they are vmapped
     outer_batch_mode: Literal["auto", "vmap", "map"] = "auto"
@@ -117,10 +120,10 @@ class EvalConfig(_Strict):
     maps an optimizer's name to its learning rate, or to a list of rates (default ``{adam:
     adam_lr}``)."""
 
-    runs: int = Field(100, ge=1)
-    adam_lr: float = Field(0.01, gt=0)
-    baselines: dict[Literal[BASELINES], Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]]] | None = None
-    seed: int = 12345
+    runs: Int = Field(100, ge=1)
+    adam_lr: Real = Field(0.01, gt=0)
+    baselines: dict[Literal[BASELINES], PosReal | list[PosReal]] | None = None
+    seed: Int = 12345
     split: Literal["test", "validation"] = "test"  # validation: model selection, the test set unseen
 
     def baseline_rates(self) -> list[tuple[str, float]]:

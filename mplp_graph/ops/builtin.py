@@ -13,7 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mplp_graph.ops.registry import Op, OpShapeError, register_op
+from typing import Literal
+
+from pydantic import Field
+
+from mplp_graph.ops.registry import NoArgs, Op, OpArgs, OpShapeError, register_op
+from mplp_graph.scalars import Int, Real
 
 # CE clipping, as in the reference's CrossEntropyLoss (reference-notes 1.2).
 CE_CLIP = 1e-7
@@ -28,9 +33,36 @@ def _broadcast_infer(shapes, args):
         ) from None
 
 
-def _elementwise(name, fn, arity, doc, *, bilinear=False, differentiable=True, args=()):
+# argument models (docs/yaml.md's op table is generated from them)
+
+
+class ScaleArgs(OpArgs):
+    c: Real = Field(description="the factor")
+
+
+class LrArgs(OpArgs):
+    lr: Real = Field(ge=0, description="the learning rate")
+
+
+class AffineArgs(OpArgs):
+    a: Real = Field(description="the slope")
+    b: Real = Field(description="the offset")
+
+
+class MixArgs(OpArgs):
+    rate: Real = Field(description="how far x moves towards y (0: not at all, 1: all the way)")
+
+
+class DenseArgs(OpArgs):
+    features: Int = Field(ge=1, description="the message width")
+    activation: Literal["linear", "tanh"] = Field("linear", description="applied to the output")
+
+
+def _elementwise(name, fn, arity, doc, *, bilinear=False, differentiable=True, args=NoArgs):
+    names = tuple(args.model_fields)
+
     def apply(params, inputs, a):
-        return {"message": fn(*inputs, **{k: a[k] for k in args if k in a})}
+        return {"message": fn(*inputs, **{k: a[k] for k in names})}
 
     return register_op(
         Op(
@@ -40,8 +72,7 @@ def _elementwise(name, fn, arity, doc, *, bilinear=False, differentiable=True, a
             apply=apply,
             bilinear=bilinear,
             differentiable=differentiable,
-            arg_names=args,
-            required_args=args,
+            args=args,
             doc=doc,
         )
     )
@@ -70,7 +101,7 @@ _elementwise("mul", lambda a, b: a * b, 2, "message = a * b (lowered to einsum u
 _elementwise("div", lambda a, b: a / b, 2, "message = a / b")
 _elementwise("exp", jnp.exp, 1, "message = exp(x)")
 _elementwise("exp_shift", lambda z, zmax: jnp.exp(z - zmax), 2, "message = exp(z - zmax) (stable softmax)")
-_elementwise("scale", lambda x, c: x * c, 1, "message = c * x", args=("c",))
+_elementwise("scale", lambda x, c: x * c, 1, "message = c * x", args=ScaleArgs)
 _elementwise("sigmoid", jax.nn.sigmoid, 1, "message = sigmoid(x)")
 _elementwise("relu", jax.nn.relu, 1, "message = max(x, 0)")
 _elementwise("tanh", jnp.tanh, 1, "message = tanh(x)")
@@ -103,10 +134,10 @@ _elementwise(
     lambda p, g, lr: p - lr * g,
     2,
     "message = p - lr * g (write it back to p through 'updates' or 'into')",
-    args=("lr",),
+    args=LrArgs,
 )
-_elementwise("affine", lambda x, a, b: a * x + b, 1, "message = a * x + b", args=("a", "b"))
-_elementwise("mix", lambda x, y, rate: x + rate * (y - x), 2, "message = x + rate * (y - x) (relax x towards y)", args=("rate",))
+_elementwise("affine", lambda x, a, b: a * x + b, 1, "message = a * x + b", args=AffineArgs)
+_elementwise("mix", lambda x, y, rate: x + rate * (y - x), 2, "message = x + rate * (y - x) (relax x towards y)", args=MixArgs)
 # Non-differentiable agents (issue 8): MPLP trains through them; the backprop protocol cannot.
 _elementwise("is_max", lambda z, zmax: (z >= zmax).astype(z.dtype), 2, "message = 1 where z = max (argmax as a one-hot, with the max from an 'i -> j' max arrow); no gradient", differentiable=False)
 
@@ -145,8 +176,7 @@ register_op(
         arity=None,
         infer=_sum_infer,
         apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * sum(ins[1:])},
-        arg_names=("lr",),
-        required_args=("lr",),
+        args=LrArgs,
         doc="message = p - lr * (g1 + g2 + ...) (a bias used at several time steps)",
     )
 )
@@ -179,8 +209,7 @@ register_op(
         infer=_broadcast_infer,
         apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * ins[1] * ins[2]},
         mean_apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * mean_product(ins[1], ins[2])},
-        arg_names=("lr",),
-        required_args=("lr",),
+        args=LrArgs,
         doc="message = p - lr * a * b (a weight's SGD step: a = stored input, b = incoming gradient)",
     )
 )
@@ -191,13 +220,10 @@ register_op(
 
 
 def _dense_infer(shapes, args):
-    features = args.get("features")
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise OpShapeError(f"op 'dense' needs a positive integer 'features' argument, got {features!r}")
     for s in shapes:
         if len(s) != 1:
             raise OpShapeError(f"op 'dense' takes vector inputs, got feature shape {list(s)}")
-    return {"message": (features,)}
+    return {"message": (args["features"],)}
 
 
 def _dense_init(key, shapes, args):
@@ -217,8 +243,7 @@ def _dense_apply(params, inputs, args):
         width = x.shape[-1]
         out = out + x @ params["kernel"][start : start + width]  # (..., features)
         start += width
-    act = args.get("activation", "linear")
-    return {"message": jnp.tanh(out) if act == "tanh" else out}
+    return {"message": jnp.tanh(out) if args["activation"] == "tanh" else out}
 
 
 register_op(
@@ -228,8 +253,7 @@ register_op(
         infer=_dense_infer,
         apply=_dense_apply,
         init=_dense_init,
-        arg_names=("features", "activation"),
-        required_args=("features",),
+        args=DenseArgs,
         doc="message = concat(inputs) @ kernel + bias (a learnable message function)",
     )
 )
@@ -242,8 +266,7 @@ register_op(
         infer=_mul_sum_infer,
         apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * sum(a * b for a, b in _pairs(ins))},
         mean_apply=lambda params, ins, args: {"message": ins[0] - args["lr"] * sum(mean_product(a, b) for a, b in _pairs(ins))},
-        arg_names=("lr",),
-        required_args=("lr",),
+        args=LrArgs,
         doc="message = p - lr * (a1 b1 + a2 b2 + ...) (a weight used at several time steps: stored inputs a_t, gradients b_t)",
     )
 )

@@ -115,10 +115,11 @@ def interpret_stage(spec: GraphSpec, stage: tuple[str, ...], params: Any, state:
         op = get_op(a.op.name)
         src = spec.groups[a.src]
         p = _params_of(a, params)
+        args = op.check_args(a.op.args)
         out = {}
         for idx in np.ndindex(*src.shape):
             inputs = tuple(jnp.asarray(_read(src.state[n], old[a.src][n], idx)) for n in a.inputs)
-            out[idx] = {k: np.asarray(v, dtype=np.float64) for k, v in op.apply(p, inputs, dict(a.op.args)).items()}
+            out[idx] = {k: np.asarray(v, dtype=np.float64) for k, v in op.apply(p, inputs, args).items()}
             for fname, oname in a.updates.items():
                 updates.append((a.src, fname, idx, out[idx][oname]))
         if a.into is None:
