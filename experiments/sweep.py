@@ -6,6 +6,9 @@ vmapped program (:func:`mplp_graph.meta.train.meta_train` with ``runs=K``; :mod:
 
 Run ``i`` uses ``meta.seed = seeds[i]`` and the learning rate ``meta.lr * lr_mults[i]``. Resumable
 (checkpoints in ``--run-dir``); ``--time-budget`` (seconds) stops early with a checkpoint.
+``--split-runs`` splits the runs over all devices; as a job of several processes (e.g.
+``mplp-graph launch --processes 2 -- python experiments/sweep.py ...``; docs/scaling.md) the
+runs are always split over every process's devices, and process 0 writes the run folder.
 Pick and evaluate a run afterwards with ``experiments/<name>/run.py --from-sweep``.
 """
 
@@ -21,12 +24,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from mplp_graph import distributed
 from mplp_graph.cache import enable_compilation_cache
 from mplp_graph.config.load import read_value
 from mplp_graph.errors import MplpGraphError
 from mplp_graph.meta.checkpoint import atomic_write_bytes
 from mplp_graph.meta.config import apply_overrides, load_experiment
 from mplp_graph.meta.run import build, initial_params, meta_step, write_run_config
+from mplp_graph.meta.shard import task_mesh
 from mplp_graph.meta.step import make_pool, trainable_mask
 from mplp_graph.meta.sweep import stack
 from mplp_graph.meta.train import meta_train
@@ -48,7 +53,13 @@ def main(argv=None) -> int:
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--keep", type=int, default=3, help="checkpoints to keep (the newest); a large value keeps them all, for selection on validation")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--split-runs", action="store_true", help="split the runs over all devices (their number must divide the runs)")
     args = ap.parse_args(argv)
+    try:
+        job = distributed.initialize_from_env()  # a job of several processes (docs/scaling.md), before JAX starts
+    except MplpGraphError as e:
+        ap.error(str(e))
+    main_process = jax.process_index() == 0
     enable_compilation_cache()
     overrides = {"meta.steps": args.steps} if args.steps is not None else {}
     for item in args.set:
@@ -73,11 +84,13 @@ def main(argv=None) -> int:
     except MplpGraphError as e:
         ap.error(str(e))
     run_dir = Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(setup, run_dir)  # config.yaml (and graph.yaml for a graph file)
     command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
-    sweep_doc = {"seeds": args.seeds, "lr_mults": mults, "command": command, "device": str(jax.devices()[0])}
-    atomic_write_bytes(run_dir / "sweep.json", json.dumps(sweep_doc, indent=1).encode())
+    sweep_doc = {"seeds": args.seeds, "lr_mults": mults, "command": command, "device": str(jax.devices()[0]),
+                 "processes": jax.process_count(), "devices": jax.device_count()}
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(setup, run_dir)  # config.yaml (and graph.yaml for a graph file)
+        atomic_write_bytes(run_dir / "sweep.json", json.dumps(sweep_doc, indent=1).encode())
 
     runs = []
     for seed in args.seeds:
@@ -107,11 +120,21 @@ def main(argv=None) -> int:
     mask = trainable_mask(runs[0])
     print(f"setup {time.perf_counter() - t0:.1f} s; {len(args.seeds)} runs on {jax.devices()[0]}", flush=True)
     t1 = time.perf_counter()
-    _, history = meta_train(
-        meta_step(setup), params, mask, pools, keys, m.steps, run_dir, runs=len(args.seeds), lr_mult=mults, data=setup.data,
-        time_budget=args.time_budget, checkpoint_every=m.checkpoint_every, log_every=args.log_every, keep=args.keep,
-        progress=not args.no_progress, meta={"experiment": config.experiment, **sweep_doc},
-    )
+    step_fn, mesh = meta_step(setup), None
+    if args.split_runs or job is not None:  # the runs, not each run's outer batch, are split over the devices
+        if len(args.seeds) % jax.device_count():
+            ap.error(f"{len(args.seeds)} runs cannot be split over {jax.device_count()} devices; give a multiple of {jax.device_count()} seeds")
+        step_fn, mesh = dataclasses.replace(step_fn, mesh=None, prog=setup.prog), task_mesh()
+    try:
+        _, history = meta_train(
+            step_fn, params, mask, pools, keys, m.steps, run_dir, runs=len(args.seeds), lr_mult=mults, data=setup.data,
+            time_budget=args.time_budget, checkpoint_every=m.checkpoint_every, log_every=args.log_every, keep=args.keep,
+            progress=not args.no_progress, meta={"experiment": config.experiment, **sweep_doc}, mesh=mesh,
+        )
+    except distributed.LostProcessError as e:
+        distributed.exit_lost(e)
+    if not main_process:
+        return 0
     wall = time.perf_counter() - t1
     last = history[-1] if history else {}
     done = last.get("step", 0)

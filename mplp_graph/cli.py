@@ -8,7 +8,9 @@ Subcommands::
     mplp-graph draw FILE -o OUT   draw the topology (.png, .svg, .pdf or .dot)
     mplp-graph view FILE -o OUT   an interactive, offline HTML page of the graph (--trace: a replay)
     mplp-graph trace FILE -o OUT  record a run step by step (fields, messages, metrics)
-    mplp-graph train CONFIG       meta-train from an experiment config (resumable)
+    mplp-graph train CONFIG       meta-train from an experiment config (resumable; one process of
+                                  a job when JAX_COORDINATOR_ADDRESS etc. are set, docs/scaling.md)
+    mplp-graph launch -n N -- CMD run CMD as a job of N processes on this machine
     mplp-graph eval RUN_DIR       evaluate a trained run against its baselines; JSON + plot
     mplp-graph reference FILE     load a published learner file (--graph sinusoid|maml|mnist)
     mplp-graph demo               meta-train a small MPLP learner, compare it with Adam
@@ -16,7 +18,8 @@ Subcommands::
 
 Exit status: 0 on success, 2 on a user error (a bad graph file, a missing file, bad arguments,
 a numeric option out of range), with a one-line message per problem on stderr that says where
-it is; never a traceback for those. Anything else is a bug and is left to raise.
+it is; never a traceback for those; 3 when another process of a multi-process job was lost
+(mplp_graph.distributed). Anything else is a bug and is left to raise.
 ``mplp-graph --version`` prints the installed version.
 """
 
@@ -67,6 +70,21 @@ POSITIVE = _int_at_least(1)
 NON_NEGATIVE = _int_at_least(0)
 
 
+def _positive_real(text: str) -> float:
+    """An argparse ``type``: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+_positive_real.__name__ = "number > 0"
+POSITIVE_REAL = _positive_real
+
+
 def _user_message(err: BaseException, path: str | None = None) -> str:
     """One line per problem, each starting with where it is."""
     if isinstance(err, OSError):
@@ -113,13 +131,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # inspect
 
 
+def _shard_axes(items: list[str]) -> dict[str, int]:
+    """``--shard GROUP:AXIS`` options -> ``{group: axis}``."""
+    axes = {}
+    for item in items:
+        group, sep, axis = item.rpartition(":")
+        if not sep or not group or not axis.isdigit():
+            raise UserError(f"--shard {item}: expected GROUP:AXIS, a group name and an agent axis (e.g. --shard cell:0)")
+        axes[group] = int(axis)
+    return axes
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     import mplp_graph as mg
 
     spec = _load(args.file)
+    axes = _shard_axes(args.shard or [])
+    if args.cpu_devices is not None:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before JAX starts its CPU backend
     print(mg.format_graph(spec))
     try:
         prog = mg.compile_graph(spec)
+        if axes:
+            from mplp_graph.compile.partition import device_mesh
+
+            prog = prog.shard_agents(device_mesh(1), axes)
         report = prog.report(batch_size=args.batch)
     except MplpGraphError as e:
         raise UserError(_user_message(e, args.file)) from None
@@ -187,8 +225,6 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     if not args.output.lower().endswith((".html", ".htm")):
         raise UserError(f"-o {args.output}: expected an .html file name")
-    if args.max_agents < 1:
-        raise UserError(f"--max-agents must be at least 1, got {args.max_agents}")
     spec, _ = _graph_source(args.file)
     try:
         out = view(spec, args.output, trace=args.trace, max_agents=args.max_agents)
@@ -202,8 +238,6 @@ def cmd_view(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from mplp_graph.viz.trace import record_config, record_graph, write_trace
 
-    if args.max_mb <= 0:
-        raise UserError(f"--max-mb must be positive, got {args.max_mb}")
     spec, is_config = _graph_source(args.file)
     common = dict(fields=args.field or (), arrows=args.arrow or (), example=args.example, max_mb=args.max_mb)
     try:
@@ -247,15 +281,53 @@ def _setup(config_path: str, steps: int | None = None):
     return setup
 
 
+def _join_job() -> Any:
+    """Join a job of several processes when the environment describes one (docs/scaling.md);
+    None for a single process."""
+    from mplp_graph import distributed
+
+    try:
+        return distributed.initialize_from_env()
+    except MplpGraphError as e:
+        raise UserError(f"mplp-graph: {e}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from mplp_graph import distributed
     from mplp_graph.meta.run import train
 
+    job = _join_job()  # before JAX starts its backend
     setup = _setup(args.config, args.steps)  # checked whole before the run folder is touched
-    params, history = train(setup, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    try:
+        params, history = train(setup, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    except distributed.LostProcessError as e:
+        distributed.exit_lost(e)
+    if job is not None and not distributed.is_main_process():
+        return EXIT_OK  # process 0 reports
     last = history[-1] if history else {}
     parts = ", ".join(f"{k} {last[k]:.5f}" for k in last if k not in ("step", "step_s", "finite"))
-    print(f"meta-trained {setup.prog.spec.name!r} to step {setup.config.meta.steps} ({parts}); metrics and checkpoints in {args.run_dir}")
+    procs = f" by {job.num_processes or 'the'} processes" if job is not None else ""
+    print(f"meta-trained {setup.prog.spec.name!r} to step {setup.config.meta.steps}{procs} ({parts}); metrics and checkpoints in {args.run_dir}")
     return EXIT_OK
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    """Start COMMAND as a job of N processes on this machine (docs/scaling.md): each gets
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; output lines are prefixed
+    with the process id; when one process fails, the others are stopped after --grace seconds."""
+    from mplp_graph.launch import launch
+
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UserError("launch: give the command after --, e.g. mplp-graph launch --processes 2 -- mplp-graph train CONFIG")
+    if args.port is not None and not 0 < args.port < 65536:
+        raise UserError(f"--port must be a TCP port (1-65535), got {args.port}")
+    try:
+        return launch(command, args.processes, port=args.port, grace=args.grace)
+    except FileNotFoundError as e:
+        raise UserError(f"launch: {e.strerror}") from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -417,8 +489,6 @@ def cmd_backprop(args: argparse.Namespace) -> int:
     import mplp_graph as mg
     from mplp_graph.tasks.sinusoid import SinusoidFamily
 
-    if args.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {args.steps}")
     spec = mg.feedforward(DEMO_SIZES, DEMO_ACTIVATION, DEMO_LOSS, lr=DEMO_LR)
     prog = mg.compile_graph(spec)
     n_layers = len(DEMO_SIZES) - 1
@@ -504,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print a graph and its compile report", description="Print a graph file's groups and arrows, then its compile report.")
     p.add_argument("file", metavar="FILE", help="graph YAML file")
     p.add_argument("--batch", type=POSITIVE, default=1, help="batch size for the report's shapes and FLOPs (default 1)")
+    p.add_argument("--shard", action="append", metavar="GROUP:AXIS", help="split this agent axis of this group over all devices (repeatable); "
+                   "the report lists the split groups and the collectives XLA inserted (docs/scaling.md)")
+    p.add_argument("--cpu-devices", type=POSITIVE, default=None, metavar="N", help="simulate N CPU devices (to see a split on a machine without accelerators)")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("ops", help="list the registered ops and their arguments", description=cmd_ops.__doc__)
@@ -525,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="graph YAML file or experiment config")
     p.add_argument("-o", "--output", required=True, help="output .html file")
     p.add_argument("--trace", default=None, help="a trace of this graph written by 'mplp-graph trace' (adds the replay)")
-    p.add_argument("--max-agents", type=int, default=1024, help="agents shown when a group is expanded (a leading window; default 1024)")
+    p.add_argument("--max-agents", type=POSITIVE, default=1024, help="agents shown when a group is expanded (a leading window; default 1024)")
     p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("trace", help="record a run step by step for 'mplp-graph view --trace'",
@@ -538,14 +611,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output trace file (e.g. run.trace)")
     p.add_argument("--field", action="append", metavar="GROUP.FIELD", help="record this field (repeatable)")
     p.add_argument("--arrow", action="append", metavar="ARROW", help="record the message of this arrow (repeatable)")
-    p.add_argument("--steps", type=int, default=None, help="steps to record (config: at most the task's inner steps, the default; graph: default 20)")
-    p.add_argument("--example", type=int, default=0, help="which example of the batch per-example fields show (default 0)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (config: default eval.seed; graph: default 0)")
-    p.add_argument("--max-mb", type=float, default=50.0, help="refuse a trace larger than this many MB (default 50)")
+    p.add_argument("--steps", type=POSITIVE, default=None, help="steps to record (config: at most the task's inner steps, the default; graph: default 20)")
+    p.add_argument("--example", type=NON_NEGATIVE, default=0, help="which example of the batch per-example fields show (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE, default=None, help="random seed (config: default eval.seed; graph: default 0)")
+    p.add_argument("--max-mb", type=POSITIVE_REAL, default=50.0, help="refuse a trace larger than this many MB (default 50)")
     p.add_argument("--learner", default=None, help="config: learner parameters (.npz) to run; default untrained")
     p.add_argument("--run-dir", default=None, help="config: use the newest checkpoint of this training run folder")
     p.add_argument("--split", choices=("test", "validation"), default=None, help="config: the task split (default eval.split)")
-    p.add_argument("--batch", type=int, default=None, help="graph: batch size (default 1)")
+    p.add_argument("--batch", type=POSITIVE, default=None, help="graph: batch size (default 1)")
     p.add_argument("--inputs", default=None, help="graph: .npz with one array per batch key (the batch, or one batch per step)")
     p.add_argument("--init", default=None, help="graph: .npz of initial field values, keys group.field (stored shapes)")
     p.add_argument("--random-init", action="append", metavar="GROUP.FIELD=DIST", help="graph: draw a field's initial value: bernoulli:P, uniform:LO:HI or normal:STD (repeatable)")
@@ -558,6 +631,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch even if RUN_DIR has checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "launch", help="run a command as a job of several processes on this machine",
+        description=cmd_launch.__doc__.replace("\n", " ") + " Example: mplp-graph launch --processes 2 -- mplp-graph train experiments/sinusoid/config.yaml",
+    )
+    p.add_argument("--processes", "-n", type=POSITIVE, required=True, help="how many processes")
+    p.add_argument("--port", type=POSITIVE, default=None, help="the coordinator's TCP port (default: a free one)")
+    p.add_argument("--grace", type=POSITIVE_REAL, default=60.0, help="seconds the others get to stop after one fails (default 60)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command every process runs")
+    p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser(
         "eval", help="evaluate a trained run against its baselines",

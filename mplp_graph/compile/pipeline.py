@@ -4,6 +4,7 @@ runtime's business (:class:`mplp_graph.runtime.program.Program`, made by ``compi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from mplp_graph.compile.group import Kernel, group_kernels
 from mplp_graph.compile.liveness import persistent_fields
@@ -23,6 +24,8 @@ class CompiledGraph:
     schedule: Schedule
     phases: dict[str, tuple[tuple[Kernel, ...], ...]]
     persistent: frozenset[tuple[str, str]]  # (group, field) pairs that live from step to step
+    # groups split across devices (mplp_graph.compile.partition.AgentSharding); None: not split
+    partition: Any = None
 
     @property
     def step_phases(self) -> tuple[str, ...]:

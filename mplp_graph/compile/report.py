@@ -57,6 +57,10 @@ class CompileReport:
     state_bytes: int
     flops: float | None  # XLA's estimate for one jitted step; None if the backend gives none
     bytes_accessed: float | None
+    # groups split across devices (compile.partition): (group, agent axis, agents, devices, fields split)
+    split: tuple[tuple[str, int, int, int, tuple[str, ...]], ...] = ()
+    # cross-device operations XLA inserted into one step of a split program (None: not compiled)
+    collectives: Mapping[str, int] | None = None
 
     @property
     def n_params(self) -> int:
@@ -145,9 +149,25 @@ def compile_report(prog: Any, batch_size: int = 1, *, flops: bool = True) -> Com
     state = jax.eval_shape(lambda k: prog.init(k, batch_size), key)
     leaves = jax.tree_util.tree_leaves(state)
     cost: dict[str, float] = {}
+    collectives = None
+    part = getattr(prog, "partition", None)
     if flops:
-        lowered = jax.jit(prog.step).lower(params, state, abstract_batch(prog, batch_size))
-        cost = _cost(lowered.compile())
+        args = state
+        if part is not None:  # the state as it lies on the mesh: split groups split
+            from mplp_graph.compile.partition import state_shardings
+
+            shardings = state_shardings(prog.spec, part, state)
+            args = jax.tree_util.tree_map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, shardings)
+        compiled = jax.jit(prog.step).lower(params, args, abstract_batch(prog, batch_size)).compile()
+        cost = _cost(compiled)
+        if part is not None:
+            from mplp_graph.compile.partition import count_collectives
+
+            collectives = count_collectives(compiled.as_text())
+    split = ()
+    if part is not None:
+        fields = part.split_fields(prog.spec)
+        split = tuple((g, axis, prog.spec.groups[g].shape[axis], part.devices, fields[g]) for g, axis in part.axes)
     return CompileReport(
         graph=prog.spec.name,
         batch_size=batch_size,
@@ -157,6 +177,8 @@ def compile_report(prog: Any, batch_size: int = 1, *, flops: bool = True) -> Com
         state_bytes=sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves),
         flops=cost.get("flops"),
         bytes_accessed=cost.get("bytes accessed"),
+        split=split,
+        collectives=collectives,
     )
 
 
@@ -217,4 +239,14 @@ def format_report(r: CompileReport) -> str:
     else:
         moved = f", {_human(r.bytes_accessed)}B accessed" if r.bytes_accessed is not None else ""
         lines.append(f"flops per step: {_human(r.flops)} ({r.flops:.0f}){moved} (XLA cost analysis)")
+    if r.split:
+        devices = r.split[0][3]
+        lines += ["", f"split across {devices} devices (mesh axis 'agents'; docs/scaling.md):"]
+        rows = [(g, str(axis), str(n), str(n // d), ", ".join(fs) or "-") for g, axis, n, d, fs in r.split]
+        lines += ["  " + ln for ln in _table(("group", "axis", "agents", "per device", "fields split (others replicated)"), rows, (False, True, True, True, False))]
+        if r.collectives is None:
+            lines.append("collectives per step: not compiled")
+        else:
+            found = ", ".join(f"{n} {op}" for op, n in r.collectives.items() if n) or "none"
+            lines.append(f"collectives per step (inserted by XLA's SPMD partitioner): {found}")
     return "\n".join(lines)

@@ -86,6 +86,12 @@ class MetaConfig(_Strict):
     seed: Int = 0
     checkpoint_every: Int = Field(500, ge=1)
     shard_tasks: Flag = False  # split the outer batch over all devices (mplp_graph.meta.shard)
+    # split agent axes of the graph's groups over devices, {group: agent axis}, e.g. {W0: 1, b0: 0,
+    # a0: 0, W1: 0} for a dense net's first hidden layer (mplp_graph.compile.partition; docs/scaling.md)
+    shard_agents: dict[str, Int] = {}
+    # devices along the mesh's agents axis; default: all (required with shard_tasks or several
+    # processes, where the rest of the devices split the outer batch)
+    agent_devices: PosInt | None = None
     # recompute each inner step in the backward pass (MetaLoss.remat): true (= "full"), false
     # (= "none"), or a partial policy, "hidden" / "dots" (mplp_graph.meta.objectives.REMAT)
     remat: Flag | RematName = True

@@ -203,10 +203,66 @@ def build(config: ExperimentConfig, *, data: Any = None, base_dir: str | Path | 
     loc = _locator(locate, "config")
     family = make_family(config.task, base, loc)
     prog, fwd = _graph_file(config.graph, base, loc) if config.graph.file is not None else _template(config.graph)
+    check_devices(config, loc, prog)
     if data is None:
         data = family.load()
     check_task_fits_graph(prog, family, data, loc)
     return Setup(config, prog, fwd, family, data, base)
+
+
+def splits_tasks(config: ExperimentConfig) -> bool:
+    """Whether the outer batch is split over devices: ``meta.shard_tasks``, and always in a job
+    of several processes (docs/scaling.md)."""
+    return config.meta.shard_tasks or jax.process_count() > 1
+
+
+def device_layout(config: ExperimentConfig) -> tuple[int, int] | None:
+    """``(tasks, agents)``: the mesh's shape (devices splitting the outer batch, devices splitting
+    agent axes; mplp_graph.compile.partition.device_mesh), or None for no mesh."""
+    m = config.meta
+    n = jax.device_count()
+    if not m.shard_agents:
+        return (n, 1) if splits_tasks(config) else None
+    agents = m.agent_devices or (1 if splits_tasks(config) else n)
+    return (n // agents, agents)
+
+
+def check_devices(config: ExperimentConfig, loc: Callable[[str], Location], prog: Program | None = None) -> None:
+    """Located errors when the outer batch or the agent axes of ``meta.shard_agents`` cannot be
+    split over the devices (of every process)."""
+    m = config.meta
+    if not (m.shard_agents or m.agent_devices or splits_tasks(config)):
+        return
+    n = jax.device_count()
+    procs = f" ({jax.process_count()} processes x {jax.local_device_count()} devices)" if jax.process_count() > 1 else ""
+    if m.shard_agents:
+        if splits_tasks(config) and m.agent_devices is None:
+            raise ConfigError(f"the outer batch is split over devices{procs} and meta.shard_agents splits agents too: set meta.agent_devices, "
+                              f"how many of the {n} devices split the agents (the others split the outer batch)", loc("meta.agent_devices"))
+        if m.agent_devices is not None and n % m.agent_devices:
+            raise ConfigError(f"meta.agent_devices ({m.agent_devices}) must divide the number of devices ({n}){procs}", loc("meta.agent_devices"))
+    elif m.agent_devices is not None:
+        raise ConfigError("meta.agent_devices applies with meta.shard_agents only; remove it or name the groups to split", loc("meta.agent_devices"))
+    layout = device_layout(config)
+    if layout is None:
+        return
+    tasks, agents = layout
+    if prog is not None and m.shard_agents:
+        from mplp_graph.compile.partition import sharding_problems
+
+        problems = sharding_problems(prog.spec, dict(m.shard_agents), agents)
+        if problems:
+            raise ConfigError([(loc(f"meta.shard_agents.{g}"), msg) for g, msg in problems])
+    if not splits_tasks(config):
+        return
+    from mplp_graph.meta.shard import divisibility_problem
+
+    if m.outer_batch_mode == "map":
+        raise ConfigError(f"outer_batch_mode 'map' runs the tasks one after another, but this job of {jax.process_count()} processes splits them "
+                          "over its devices: set meta.outer_batch_mode to 'auto' or 'vmap'", loc("meta.outer_batch_mode"))
+    problem = divisibility_problem(m.outer_batch, tasks)
+    if problem:
+        raise ConfigError(f"{problem}{procs}", loc("meta.outer_batch"))
 
 
 def load_setup(config_path: str | Path) -> Setup:
@@ -267,16 +323,13 @@ def train(config: ExperimentConfig | Setup, run_dir: str | Path, *, resume: bool
     setup = config if isinstance(config, Setup) else build(config)
     config = setup.config
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(setup, run_dir)
+    if jax.process_index() == 0:  # in a job of several processes, process 0 writes the run folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(setup, run_dir)
     m = config.meta
     params = initial_params(setup)
     step_fn = meta_step(setup)
-    pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)
-    if step_fn.mesh is not None:
-        from mplp_graph.meta.shard import replicate
-
-        params, pool = replicate(step_fn.mesh, (params, pool))
+    pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)  # meta_train replicates them over a mesh
     return meta_train(
         step_fn, params, trainable_mask(params), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
         checkpoint_every=m.checkpoint_every, resume=resume, progress=progress,
@@ -286,13 +339,15 @@ def train(config: ExperimentConfig | Setup, run_dir: str | Path, *, resume: bool
 
 def meta_step(setup: Setup) -> MetaStep:
     m = setup.config.meta
-    mesh = None
-    if m.shard_tasks:
-        from mplp_graph.meta.shard import task_mesh
+    mesh, prog = None, setup.prog
+    layout = device_layout(setup.config)
+    if layout is not None:  # tasks (the outer batch) and/or agents split over the devices of every process
+        from mplp_graph.compile.partition import device_mesh
 
-        mesh = task_mesh()
+        mesh = device_mesh(*layout)
+        prog = prog.shard_agents(mesh, dict(m.shard_agents))
     return MetaStep(
-        setup.prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight, m.remat, m.unroll), m.outer_batch, optimizer(setup.config), mesh,
+        prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight, m.remat, m.unroll), m.outer_batch, optimizer(setup.config), mesh,
         FAST_COMPILE if m.fast_compile else (), m.outer_batch_mode,
     )
 

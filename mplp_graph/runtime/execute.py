@@ -24,6 +24,7 @@ from mplp_graph.errors import CompileError
 from mplp_graph.ir.layout import stored_shape
 from mplp_graph.runtime import draws
 from mplp_graph.runtime.lower import State, run_kernel, write
+from mplp_graph.compile.partition import constrain_state
 from mplp_graph.runtime.route import combine
 
 
@@ -71,7 +72,7 @@ def run_stage(
         new[g][fname] = write(f, value, stored_shape(prog.spec.groups[g], f, b))
     if fire is not None:
         new = _keep_fired(prog, state, new, [(g, f) for g, f, _ in updates] + list(inboxes), fire)
-    return new
+    return constrain_state(prog.spec, prog.partition, new)  # split groups stay split (compile.partition)
 
 
 def _keep_fired(prog: CompiledGraph, old: State, new: State, written: list[tuple[str, str]], fire: tuple) -> State:
@@ -173,7 +174,7 @@ def step(
 ) -> tuple[State, dict[str, Any]]:
     """Feed the batch, run every phase of ``schedule.step`` in order, return the outputs.
     Side outputs of the ops are collected into ``side`` (``{arrow: {name: value}}``) if given."""
-    state = feed(prog, state, batch)
+    state = constrain_state(prog.spec, prog.partition, feed(prog, state, batch))
     state = run_step_phases(prog, params, state, side)
     return state, outputs(prog, state)
 

@@ -81,9 +81,17 @@ class Program(CompiledGraph):
         state = execute.run_phase(self, "forward", params, state)
         return state, execute.outputs(self, state)
 
-    def report(self, batch_size: int = 1) -> CompileReport:
+    def shard_agents(self, mesh: Any, axes: dict[str, int]) -> Program:
+        """This program with the agent axes ``{group: axis}`` split over the ``"agents"`` axis
+        of ``mesh`` (:mod:`mplp_graph.compile.partition`, docs/scaling.md): the same results,
+        the split groups' state spread over the devices. An empty ``axes``: not split."""
+        from mplp_graph.compile.partition import plan
+
+        return dataclasses.replace(self, partition=plan(self.spec, mesh, axes) if axes else None)
+
+    def report(self, batch_size: int = 1, *, flops: bool = True) -> CompileReport:
         """What the compiler made of the graph (:func:`mplp_graph.compile.report.compile_report`)."""
-        return compile_report(self, batch_size)
+        return compile_report(self, batch_size, flops=flops)
 
 
 def compile_graph(spec: GraphSpec) -> Program:

@@ -3,6 +3,7 @@ import os
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import json
+import numpy as np
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,8 @@ plain = MetaStep(prog, fam.sample, MetaLoss(), 4, adam(1e-3))
 mesh = task_mesh()
 sharded = MetaStep(prog, fam.sample, MetaLoss(), 4, adam(1e-3), mesh=mesh)
 opt = plain.init_opt_state(params)
-a = jax.jit(plain.__call__)(params, opt, mask, pool, jax.random.PRNGKey(2))
+jplain = jax.jit(plain.__call__)
+a = jplain(params, opt, mask, pool, jax.random.PRNGKey(2))
 rp, ro, rm, rpool = replicate(mesh, (params, opt, mask, pool))
 f = jax.jit(sharded.__call__).lower(rp, ro, rm, rpool, jax.random.PRNGKey(2)).compile()  # one compile: run it, read its HLO
 b = f(rp, ro, rm, rpool, jax.random.PRNGKey(2))
@@ -49,3 +51,24 @@ cfg = ExperimentConfig.model_validate({
 with tempfile.TemporaryDirectory() as d:
     _, hist = train(cfg, d, progress=False)
     print(json.dumps({"train_steps": len(hist), "train_finite": all(h["loss"] == h["loss"] for h in hist)}), file=sys.stderr)
+
+# a sweep of 2 runs split over the 2 devices (meta_train(..., runs=2, mesh=...)): one meta-step, against each
+# run's step by the plain program compiled above (meta_train's step s of run i uses fold_in(key_i, s))
+from mplp_graph.meta.sweep import stack, unstack  # noqa: E402
+from mplp_graph.meta.train import meta_train  # noqa: E402
+
+run_params = [prog.init_params(jax.random.PRNGKey(s)) for s in (0, 1)]
+run_pools = [make_pool(prog, jax.random.PRNGKey(10 + s), 8) for s in (0, 1)]
+run_keys = [jax.random.PRNGKey(20 + s) for s in (0, 1)]
+steps_alone = [jplain(p, plain.init_opt_state(p), mask, q, jax.random.fold_in(k, 0)) for p, q, k in zip(run_params, run_pools, run_keys)]
+alone = [s[0] for s in steps_alone]
+with tempfile.TemporaryDirectory() as d:
+    split, hist = meta_train(plain, stack(run_params), mask, stack(run_pools), jnp.stack(run_keys), 1, d, runs=2, progress=False, mesh=mesh)
+    saved = dict(np.load(d + "/params.npz"))
+pairs = [(x, y, p) for i in (0, 1) for x, y, p in zip(jax.tree_util.tree_leaves(alone[i]), jax.tree_util.tree_leaves(unstack(split, i)),
+                                                      jax.tree_util.tree_leaves(run_params[i]))]
+print(json.dumps({"sweep_diff": max(float(jnp.abs(x - y).max()) for x, y, _ in pairs),
+                  "sweep_moved": max(float(jnp.abs(x - p).max()) for x, _, p in pairs),
+                  "sweep_devices": len(jax.tree_util.tree_leaves(split)[0].sharding.device_set),
+                  "sweep_rows": len(hist), "sweep_saved_runs": {v.shape[0] for v in saved.values()} == {2},
+                  "sweep_loss": hist[0]["loss"], "alone_loss": [float(s[2]["loss"]) for s in steps_alone]}))
