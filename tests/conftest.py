@@ -1,7 +1,17 @@
 """Test session setup: the persistent XLA compilation cache (MPLP_GRAPH_CACHE=off disables it)
-makes reruns of the compile-heavy meta-training tests fast."""
+makes reruns of the compile-heavy meta-training tests fast. Under pytest-xdist (.ci/run runs
+``-n 2``) each worker, and the processes its tests start, use a cache folder of their own, so
+that two processes never write one cache entry at the same time."""
 
-from mplp_graph.cache import enable_compilation_cache
+import os
+from pathlib import Path
+
+from mplp_graph.cache import ENV_VAR, enable_compilation_cache
+
+_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _worker and os.environ.get(ENV_VAR, "").lower() != "off":
+    _base = os.environ.get(ENV_VAR) or str(Path.home() / ".cache" / "mplp_graph" / "xla")
+    os.environ[ENV_VAR] = str(Path(_base) / f"worker-{_worker}")
 
 enable_compilation_cache()
 
