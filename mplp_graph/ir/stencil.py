@@ -81,14 +81,15 @@ class Stencil:
         return count
 
 
-def neighbours(stencil: Stencil, shape: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], tuple[int, ...], float]]:
+def neighbours(stencil: Stencil, shape: tuple[int, ...], zeros: bool = False) -> Iterator[tuple[tuple[int, ...] | None, tuple[int, ...], float]]:
     """Every (source agent, destination agent, weight) of the stencil; ``zero``/``none``
-    boundaries send nothing from outside the grid."""
+    boundaries send nothing from outside the grid, except that ``zeros=True`` yields the
+    ``zero`` boundary's zero messages with source ``None`` (they count in a ``mean``)."""
     weights = stencil.weights or (1.0,) * len(stencil.offsets)
     for d in np.ndindex(*shape):
         for o, w in zip(stencil.offsets, weights):
             s = stencil.source(d, o, shape)
-            if s is not None:
+            if s is not None or (zeros and stencil.boundary == "zero"):
                 yield s, d, w
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from mplp_graph.ir.indexmap import bind_sizes, parse_index_map
 from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec
-from mplp_graph.ir.stencil import resolve_stencil
+from mplp_graph.ir.stencil import neighbours, resolve_stencil
 from mplp_graph.ops.registry import get_op
 from mplp_graph.runtime import draws
 from mplp_graph.runtime.program import compile_graph
@@ -65,15 +65,7 @@ def _edges(spec: GraphSpec, a: ArrowSpec) -> list[tuple[tuple[int, ...] | None, 
     stencil's ``zero`` boundary gives ``None`` sources (a zero message that counts)."""
     src_shape, dst_shape = spec.groups[a.src].shape, spec.groups[a.dst].shape
     if a.stencil is not None:
-        st = resolve_stencil(a.stencil, src_shape, dst_shape, a.aggregate)
-        weights = st.weights or (1.0,) * len(st.offsets)
-        out = []
-        for d in np.ndindex(*dst_shape):
-            for o, w in zip(st.offsets, weights):
-                s = st.source(d, o, src_shape)
-                if s is not None or st.boundary == "zero":
-                    out.append((s, d, w))
-        return out
+        return list(neighbours(resolve_stencil(a.stencil, src_shape, dst_shape, a.aggregate), src_shape, zeros=True))
     if a.edges is not None:
         src_agents, dst_agents = list(np.ndindex(*src_shape)), list(np.ndindex(*dst_shape))
         return [(src_agents[s], dst_agents[d], 1.0) for s, d in a.edges]
