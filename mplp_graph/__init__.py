@@ -9,6 +9,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that was not in
 
 from mplp_graph.ops import builtin as _builtin  # noqa: F401  (registers the built-in ops)
 from mplp_graph.learners import ops as _learner_ops  # noqa: F401  (registers the MPLP learners)
+from mplp_graph.ops import cellular as _cellular_ops  # noqa: F401  (registers the cellular-automaton ops)
 from mplp_graph.runtime.program import Program, compile_graph
 from mplp_graph.config.load import dump_graph, load_graph, loads_graph
 from mplp_graph.errors import CompileError, ConfigError, GraphSpecError, Location, MplpGraphError, NotDifferentiableError

@@ -133,12 +133,50 @@ class EvalConfig(_Strict):
         return [(name, lr) for name, rates in self.baselines.items() for lr in (rates if isinstance(rates, list) else [rates])]
 
 
+class RolloutConfig(_Strict):
+    """Train the graph's own parameters (its ops with parameters, e.g. ``residual_mlp``) by
+    backpropagation through a rollout against a target image, with a sample pool and damage
+    (learned cellular automata; :mod:`mplp_graph.meta.rollout`, docs/nca.md). The batch, the
+    learning rate and the number of training steps are ``meta``'s ``outer_batch``, ``lr`` and
+    ``steps``; ``eval.runs`` is the number of growths the evaluation averages."""
+
+    target: str = Field("cell.s", pattern=r"^[A-Za-z_][\w]*\.[A-Za-z_][\w]*$")  # group.field compared with the image
+    # a built-in image (mplp_graph.tasks.images.TARGETS) or a PNG file (relative: to the config's folder)
+    image: str = "smiley"
+    size: Int = Field(40, ge=4)  # the image's side in cells
+    padding: Int = Field(16, ge=0)  # empty cells around it: the grid's side is size + 2 * padding
+    steps: tuple[PosInt, PosInt] = (64, 96)  # the rollout's length is drawn from [min, max] at every training step
+    pool: Int = Field(1024, ge=2)  # states in the sample pool
+    damage: Int = Field(0, ge=0)  # samples of each batch that lose a random disc (regeneration training)
+    remat: Flag = False  # recompute each rollout step in the backward pass (less memory, ~1.3x the time)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.steps[0] > self.steps[1]:
+            raise ValueError(f"steps is a range [min, max]; got min {self.steps[0]} > max {self.steps[1]}")
+        return self
+
+
 class ExperimentConfig(_Strict):
     experiment: str = "sinusoid"
     graph: GraphConfig = GraphConfig()
     task: TaskConfig = TaskConfig()
     meta: MetaConfig = MetaConfig()
     eval: EvalConfig = EvalConfig()
+    rollout: RolloutConfig | None = None  # given: train by backpropagation through rollouts (no task family)
+
+    @model_validator(mode="after")
+    def _rollout_has_no_task(self):
+        if self.rollout is None:
+            return self
+        if "task" in self.model_fields_set:
+            raise ValueError("a rollout experiment (rollout:) trains against a target image, not on a task family: remove the task section")
+        if self.graph.file is None:
+            raise ValueError("a rollout experiment needs graph.file, a graph whose ops with parameters make its update rule (e.g. graphs/growing_nca.yaml)")
+        if self.rollout.damage >= self.meta.outer_batch:
+            raise ValueError(f"rollout.damage ({self.rollout.damage}) must be below meta.outer_batch ({self.meta.outer_batch}): "
+                             "one sample of every batch restarts from the seed")
+        return self
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON data that validates again to the same config (a run folder's
@@ -147,7 +185,9 @@ class ExperimentConfig(_Strict):
         data = self.model_dump(mode="json")
         if self.graph.file is not None:
             data["graph"] = {"file": self.graph.file}
-        if self.task.family not in BUILTIN_FAMILIES:  # a user family gets the keys its config gave, no defaults
+        if self.rollout is not None:
+            data.pop("task")  # a rollout experiment has no task family
+        elif self.task.family not in BUILTIN_FAMILIES:  # a user family gets the keys its config gave, no defaults
             data["task"] = {k: v for k, v in data["task"].items() if k in ("family", "args") or k in self.task.model_fields_set}
         return data
 

@@ -143,6 +143,22 @@ def _graph_file(g: Any, base_dir: Path | None, loc: Callable) -> tuple[Program, 
     return prog, compile_graph(forward_only(spec))
 
 
+def _rollout_graph(g: Any, base_dir: Path | None, loc: Callable) -> Program:
+    """The graph of a rollout experiment: a graph file with ops that have parameters."""
+    from mplp_graph.config.load import load_graph
+
+    path = Path(g.file)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise ConfigError(f"no such graph file {str(path)!r} (relative paths are relative to the config file's folder)", loc("graph.file"))
+    prog = compile_graph(load_graph(path))
+    if not any(plan.op.init is not None for plan in prog.plans):
+        raise ConfigError(f"graph {prog.spec.name!r} ({path}) has no ops with parameters (such as residual_mlp or dense): there is nothing "
+                          "to train; write its update rule with one (docs/nca.md)", loc("graph.file"))
+    return prog
+
+
 def template_spec(g: Any) -> GraphSpec:
     """The learned-protocol graph of a config's ``graph`` section without ``file`` (the MLP
     template, :func:`mplp_graph.templates.mplp.mplp_feedforward`)."""
@@ -201,6 +217,11 @@ def build(config: ExperimentConfig, *, data: Any = None, base_dir: str | Path | 
     ``locate``: key path -> Location in the config file (errors)."""
     base = Path(base_dir) if base_dir is not None else None
     loc = _locator(locate, "config")
+    if config.rollout is not None:  # the graph's own parameters, trained through rollouts (mplp_graph.meta.rollout)
+        from mplp_graph.meta.rollout import rollout_data
+
+        prog = _rollout_graph(config.graph, base, loc)
+        return Setup(config, prog, prog, None, rollout_data(config, prog, base, loc) if data is None else data, base)
     family = make_family(config.task, base, loc)
     prog, fwd = _graph_file(config.graph, base, loc) if config.graph.file is not None else _template(config.graph)
     check_devices(config, loc, prog)
@@ -327,9 +348,16 @@ def train(config: ExperimentConfig | Setup, run_dir: str | Path, *, resume: bool
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(setup, run_dir)
     m = config.meta
-    params = initial_params(setup)
-    step_fn = meta_step(setup)
-    pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)  # meta_train replicates them over a mesh
+    if config.rollout is not None:  # the graph's own parameters through rollouts, a pool of states
+        from mplp_graph.meta.rollout import rollout_step
+
+        params = setup.prog.init_params(jax.random.PRNGKey(m.seed))
+        step_fn = rollout_step(setup, optimizer(config))
+        pool = step_fn.init_pool(setup.data["seed"], config.rollout.pool)
+    else:
+        params = initial_params(setup)
+        step_fn = meta_step(setup)
+        pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)  # meta_train replicates them over a mesh
     return meta_train(
         step_fn, params, trainable_mask(params), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
         checkpoint_every=m.checkpoint_every, resume=resume, progress=progress,
@@ -398,6 +426,10 @@ def evaluate(setup: Setup, params: Any, *, runs: int | None = None, split: str |
     kw = dict(data=setup.data, split=split or e.split)
     runs = runs or e.runs
     t0 = time.perf_counter()
+    if setup.config.rollout is not None:  # growth and regrowth from the seed (mplp_graph.meta.rollout)
+        from mplp_graph.meta.rollout import evaluate_rollout
+
+        return evaluate_rollout(setup, params, runs)
     methods = {"MPLP": evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, runs, **kw)}
     keys = {"MPLP": "mplp"}
     for label, (name, opt) in baseline_optimizers(setup.config).items():
@@ -472,7 +504,11 @@ def plot_results(results: dict[str, Any], metrics: tuple[str, ...], path: Path, 
 
 def write_results(setup: Setup, results: dict[str, Any], out_dir: Path, *, command: str, meta_steps: int | None, train_s: float | None) -> dict:
     """``results.json`` and ``eval.png`` in ``out_dir``: the final metrics, curves, command,
-    commit, machine and config."""
+    commit, machine and config (a rollout experiment: :func:`mplp_graph.meta.rollout.write_rollout_results`)."""
+    if setup.config.rollout is not None:
+        from mplp_graph.meta.rollout import write_rollout_results
+
+        return write_rollout_results(setup, results, out_dir, command=command, meta_steps=meta_steps, train_s=train_s)
     metrics = tuple(setup.family.metrics)
     numbers, curves = summarize(results, metrics)
     runs = int(np.asarray(next(iter(results["methods"].values()))[metrics[0]]).shape[0])

@@ -86,6 +86,7 @@ def meta_train(
     which checks every step. ``time_budget``: stop, with a checkpoint, at the first row written
     after that many seconds. ``keep``: how many checkpoints to keep (keep them all to select one
     on validation data afterwards, i.e. early stopping)."""
+    carries_pool = getattr(step_fn, "carries_pool", False)  # the step updates the pool (rollout training)
     on_nonfinite = on_nonfinite or ("stop" if runs is None else "skip")
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
@@ -112,7 +113,7 @@ def meta_train(
             for tmp in run_dir.glob(pattern):
                 tmp.unlink(missing_ok=True)
     opt_state = step_fn.init_opt_state(params) if runs is None else jax.vmap(step_fn.init_opt_state)(params)
-    params, opt_state, start = _restore(step_fn, run_dir, params, opt_state, key, resume, runs is not None, main, multi)
+    params, opt_state, pool, start = _restore(step_fn, run_dir, params, opt_state, pool, key, resume, runs is not None, main, multi)
     if split_runs:  # each device holds its runs; the mask and the data are the same for all
         mults = jnp.ones((runs,), jnp.float32) if lr_mult is None else jnp.asarray(lr_mult, jnp.float32)
         params, opt_state, pool, split_key, lr_mult = split_leading(mesh, (params, opt_state, pool, key, mults))
@@ -137,14 +138,14 @@ def meta_train(
         jstep = _jitted(step_fn)
         # a job of several processes passes the step's key as a host value, the same in every process
         step_key = (lambda s: np.asarray(jax.random.fold_in(key, s))) if multi else (lambda s: jax.random.fold_in(key, s))  # noqa: E731
-        call = lambda p, o, s: jstep(p, o, mask, pool, step_key(s), data)  # noqa: E731
+        call = lambda p, o, pl, s: jstep(p, o, mask, pl, step_key(s), data)  # noqa: E731
     else:
         jruns = _jitted_runs(step_fn, mesh if split_runs else None)
         if split_runs:
             mults, run_keys = lr_mult, split_key
         else:
             mults, run_keys = (jnp.ones((runs,), jnp.float32) if lr_mult is None else jnp.asarray(lr_mult, jnp.float32)), key
-        call = lambda p, o, s: jruns(p, o, mults, mask, pool, run_keys, np.int32(s), data)  # noqa: E731
+        call = lambda p, o, pl, s: jruns(p, o, mults, mask, pl, run_keys, np.int32(s), data)  # noqa: E731
     sync_every = 1 if on_nonfinite == "stop" else log_every
     bar = None
     if progress and main:
@@ -157,7 +158,7 @@ def meta_train(
     pending: list[dict[str, Any]] = []
 
     def save(step: int) -> None:
-        trees = {"params": params, "opt_state": opt_state}
+        trees = {"params": params, "opt_state": opt_state, **({"pool": pool} if carries_pool else {})}
         if split_runs and multi:
             trees = gather(trees)  # every process takes part; process 0 writes
         if not main:  # process 0 writes; the parameters are the same in every process
@@ -170,7 +171,7 @@ def meta_train(
     s = start
     try:
         while s < steps:
-            new_params, new_opt, m = call(params, opt_state, s)
+            new_params, new_opt, m, *new_pool = call(params, opt_state, pool, s)
             pending.append(m)
             if on_nonfinite == "stop":
                 finite = np.asarray(fetch(m["finite"]))
@@ -184,6 +185,8 @@ def meta_train(
                     loss = float(np.asarray(fetch(m["loss"])).ravel()[bad])
                     raise NonFiniteError(_nonfinite_message(s + 1, loss, diagnosis, run_dir), s + 1, diagnosis)
             params, opt_state = new_params, new_opt  # a non-finite step left them as they were (outer_update)
+            if carries_pool:
+                pool = new_pool[0]
             s += 1
             if s % sync_every and s % log_every and s != steps:
                 continue
@@ -242,10 +245,10 @@ def _row(step: int, step_s: float, m: dict[str, Any], runs: bool) -> dict[str, A
     return row
 
 
-def _restore(step_fn: StepFunction, run_dir: Path, params: Any, opt_state: Any, key: Any, resume: bool, runs: bool,
-             main: bool, multi: bool) -> tuple[Any, Any, int]:
-    """``(params, opt_state, start)`` from the newest checkpoint of ``run_dir`` (or as given,
-    ``start`` 0). In a job of several processes process 0 reads it and every process learns
+def _restore(step_fn: StepFunction, run_dir: Path, params: Any, opt_state: Any, pool: Any, key: Any, resume: bool, runs: bool,
+             main: bool, multi: bool) -> tuple[Any, Any, Any, int]:
+    """``(params, opt_state, pool, start)`` from the newest checkpoint of ``run_dir`` (or as
+    given, ``start`` 0; the pool is in checkpoints of step functions that update it). In a job of several processes process 0 reads it and every process learns
     the step it reached, or that it failed (run folders need not be on a shared file system);
     the trees themselves reach the others through :func:`mplp_graph.meta.shard.replicate`."""
     start, failure = 0, None
@@ -253,36 +256,41 @@ def _restore(step_fn: StepFunction, run_dir: Path, params: Any, opt_state: Any, 
         try:
             ckpt = latest_checkpoint(run_dir) if resume else None
             if ckpt is not None:
-                trees, manifest = restore_train_state(ckpt, step_fn.optimizer, params, opt_state, runs=runs, graph=step_fn.graph, rng_key=key)
+                extra = {"pool": pool} if getattr(step_fn, "carries_pool", False) else {}
+                trees, manifest = restore_train_state(ckpt, step_fn.optimizer, params, opt_state, runs=runs, graph=step_fn.graph, rng_key=key,
+                                                      extra=extra)
                 params, opt_state, start = trees["params"], trees["opt_state"], int(manifest["step"])
+                pool = trees.get("pool", pool)
         except CheckpointError as err:
             if not multi:
                 raise
             failure = err  # the others must hear of it before this process stops
     if not multi:
-        return params, opt_state, start
+        return params, opt_state, pool, start
     ok, start = broadcast((np.asarray(failure is None), np.asarray(start, np.int32)))
     if not ok:
         raise failure if failure is not None else CheckpointError(
             f"process 0 could not restore the newest checkpoint of {run_dir}; its message says why")
-    return params, opt_state, int(start)  # process 0's trees reach the others through shard.replicate
+    return params, opt_state, pool, int(start)  # process 0's trees reach the others through shard.replicate
 
 
 def restore_train_state(
-    ckpt: Path, optimizer: optax.GradientTransformation, params: Any, opt_state: Any, *, runs: bool = False, **identity: Any
+    ckpt: Path, optimizer: optax.GradientTransformation, params: Any, opt_state: Any, *, runs: bool = False,
+    extra: dict[str, Any] | None = None, **identity: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``load_checkpoint(ckpt, {"params": params, "opt_state": opt_state}, **identity)``, also
+    """``load_checkpoint(ckpt, {"params": params, "opt_state": opt_state, **extra}, **identity)``
+    (``extra``: more trees stored beside them, e.g. a rollout step's pool), also
     reading checkpoints written before the outer update was raveled (:func:`outer_update`), whose
     optimizer state holds one array per parameter leaf: those arrays are raveled in
     :func:`ravel_pytree`'s order. ``runs``: the trees carry a leading run axis (sweeps)."""
-    templates = {"params": params, "opt_state": opt_state}
+    templates = {"params": params, "opt_state": opt_state, **(extra or {})}
     try:
         return load_checkpoint(ckpt, templates, **identity)
     except CheckpointError as err:
         first = err
     legacy = (jax.vmap(optimizer.init) if runs else optimizer.init)(params)
     try:
-        trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": legacy}, **identity)
+        trees, manifest = load_checkpoint(ckpt, {"params": params, "opt_state": legacy, **(extra or {})}, **identity)
     except CheckpointError:
         raise first from None
     treedef = jax.tree_util.tree_structure(params)
@@ -331,9 +339,9 @@ def _jitted_runs(step_fn: StepFunction, mesh: Any = None) -> Any:
     every output stays split by run over its ``"tasks"`` axis."""
 
     def one(params, opt_state, mult, mask, pool, key, step, data):
-        new, opt, m = step_fn(params, opt_state, mask, pool, jax.random.fold_in(key, step), data)
+        new, opt, m, *new_pool = step_fn(params, opt_state, mask, pool, jax.random.fold_in(key, step), data)
         new = jax.tree_util.tree_map(lambda n, o: o + mult * (n - o), new, params)
-        return new, opt, m
+        return (new, opt, m, *new_pool)  # a step that updates its pool returns it last
 
     # pools are per run (None, an empty pytree, for steps that draw no priors)
     fn = jax.vmap(one, in_axes=(0, 0, 0, None, 0, 0, None, None))
