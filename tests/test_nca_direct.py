@@ -6,9 +6,12 @@ CAX here (it needs Python >= 3.12; benchmarks/cax_env.sh)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import nca_direct as nd
 from benchmarks.cases.grids import life_board, life_direct_step, life_engine_program
@@ -102,3 +105,30 @@ def test_life_by_roll_equals_the_engine_grid():
         x = life_direct_step(x)
     np.testing.assert_array_equal(np.asarray(carry["cell"]["s"]), np.asarray(x))
     assert 0 < float(x.sum()) < x.size
+
+
+def test_life_case_pieces_through_the_harness_at_small_size():
+    from benchmarks.cases.grids import life_cax, life_check, life_direct, life_engine
+    from benchmarks.harness import Case, Variant, run_case
+
+    board = life_board(2, size=16, seed=2)
+    case = Case("life_small", (Variant("engine", lambda: life_engine(board, 20)), Variant("direct", lambda: life_direct(board, 20)),
+                               Variant("cax", lambda: life_cax(board, 20))), check=life_check, rounds=1)
+    row = run_case(case)
+    assert {"direct", "engine"} <= set(row["check"]["boards_equal"])
+    if importlib.util.find_spec("cax") is None:  # the main environment: CAX's variant is skipped, not an error
+        assert "cax" in row["skipped"] and row["cax_ms"] is None
+    different = {"engine": board[0], "direct": 1 - board[0]}
+    with pytest.raises(AssertionError, match="differs"):
+        life_check(different)
+
+
+def test_nca_check_finds_a_different_gradient():
+    from benchmarks.cases.grids import nca_check
+
+    g = {"w1": np.ones((48, 128)), "b1": np.ones(128), "w2": np.ones((128, 16))}
+    out = {"loss": 0.5, "grads": g, "params": g, "x": np.zeros((1, 4, 4, 16))}
+    assert nca_check({"direct": out, "cax": dict(out)})["cax_loss_rel_diff"] == 0.0
+    bad = dict(out, grads={**g, "w2": g["w2"] * 1.01})
+    with pytest.raises(AssertionError, match=r"grads\[w2\]"):
+        nca_check({"direct": out, "cax": bad})
