@@ -25,7 +25,8 @@ QUICK_DIR = ROOT / "runs" / "bench_quick"  # quick runs: smoke numbers, kept apa
 
 
 def _f(x, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
+    """``x`` formatted by ``spec`` (e.g. ``"11.3f"``), or a dash as wide."""
+    return format(x, spec) if x is not None else "-".rjust(int(spec.split(".")[0] or 0))
 
 
 def format_table(rows: list[dict]) -> str:
