@@ -171,3 +171,33 @@ def test_peak_memory_sees_an_allocation():
         del a
     if m.mib is not None:  # /proc available
         assert m.mib >= 50, m.mib
+
+
+def test_case_modules_missing_an_optional_package_are_skipped():
+    from types import SimpleNamespace
+
+    from benchmarks.cases import collect
+
+    one = Case("one", (Variant("engine", _sleeper(0, 1.0)),))
+    modules = {"a": SimpleNamespace(CASES=(one,)), "b": None, "c": SimpleNamespace(CASES=())}
+
+    def importer(name):
+        if modules[name] is None:
+            raise ModuleNotFoundError("No module named 'cax'")
+        return modules[name]
+
+    cases, missing = collect(["a", "b", "c"], importer)
+    assert cases == {"one": one} and missing == {"b": "ModuleNotFoundError: No module named 'cax'"}
+    with pytest.raises(ValueError, match="'one' is defined twice: in a and in d"):
+        collect(["a", "d"], lambda name: modules["a"])
+
+
+def test_every_registered_case_is_well_formed():
+    from benchmarks.cases import all_cases
+
+    cases = all_cases()
+    assert {"mnist_meta_step", "sinusoid_meta_step", "mnist784_meta_step"} <= set(cases)
+    for case in cases.values():
+        names = [v.name for v in case.variants]
+        assert len(set(names)) == len(names) and case.rounds >= 1 and case.calls >= 1, case.name
+        assert len(names) == 1 or case.baseline in names, f"{case.name}: baseline {case.baseline!r} is not a variant"
