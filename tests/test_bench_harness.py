@@ -201,3 +201,15 @@ def test_every_registered_case_is_well_formed():
         names = [v.name for v in case.variants]
         assert len(set(names)) == len(names) and case.rounds >= 1 and case.calls >= 1, case.name
         assert len(names) == 1 or case.baseline in names, f"{case.name}: baseline {case.baseline!r} is not a variant"
+
+
+def test_run_all_reports_a_failing_case_and_runs_the_others(tmp_path, monkeypatch, capsys):
+    import benchmarks.cases as registry
+
+    bad = Case("bad", (Variant("engine", _sleeper(0, 1.0)), Variant("direct", _sleeper(0, 2.0))), check=_agree, rounds=1)
+    good = Case("good", (Variant("engine", _sleeper(0, 1.0)), Variant("direct", _sleeper(0, 1.0))), check=_agree, rounds=1)
+    monkeypatch.setattr(registry, "all_cases", lambda: {"bad": bad, "good": good})
+    monkeypatch.setattr(registry, "unavailable", lambda: {})
+    assert run_all_main(["--case", "bad", "good", "--out-dir", str(tmp_path)]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["good.json"]
+    assert "case bad failed (no row written): AssertionError: engine and direct differ by 1.0" in capsys.readouterr().err

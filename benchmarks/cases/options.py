@@ -3,7 +3,8 @@ train`` builds it: experiments/<name>/config.yaml, ``mplp_graph.meta.run.meta_st
 overrides or other XLA options per variant, the first variant the library's default (``engine``).
 One timed unit is one meta-step from the same state and key. Before timing every variant's first
 meta-step must agree with the default's (loss to ``loss_rtol`` relative, the parameter update
-to ``param_tol`` x the learning rate; updates rather than parameters, since a variant's
+to ``param_tol`` x the learning rate (Adam's first step moves an entry by about ``lr * sign(g)``:
+an entry whose gradient is at rounding level may move the other way); updates rather than parameters, since a variant's
 standardizer statistics come from its own rollouts: in bfloat16 they differ): the options change
 how, not what, is computed.
 
@@ -93,7 +94,7 @@ def _agree(name: str, loss_rtol: float, param_tol: float, memory: dict):
                              zip(jax.tree_util.tree_leaves(update), jax.tree_util.tree_leaves(update0), strict=True))
             diffs[k] = {"loss_rel_diff": loss_diff, "update_max_diff": param_diff}
             assert bool(m["finite"]), f"{name}: {k}: a non-finite meta-step"
-            assert loss_diff <= loss_rtol and param_diff <= param_tol * lr, f"{name}: {k} disagrees with the default: {diffs[k]}"
+            assert loss_diff <= loss_rtol and param_diff <= param_tol * lr * (1 + 1e-3), f"{name}: {k} disagrees with the default: {diffs[k]}"
         return {"agreement": diffs, **({"xla_memory_mib": dict(memory)} if memory else {})}
 
     return check
