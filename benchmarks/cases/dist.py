@@ -116,7 +116,7 @@ CASES = (
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "worker":
+    if len(sys.argv) == 6 and sys.argv[1] == "worker":
         worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), bool(int(sys.argv[5])))
     else:
         raise SystemExit("usage: python -m benchmarks.cases.dist worker OUT OUTER_BATCH DEVICES SHARD (run the cases with python -m benchmarks.run_all --tag dist)")
