@@ -59,11 +59,14 @@ def meta_step_case(name: str, cfg: dm.MetaConfig, calls: int, rounds: int = 5, t
 
 
 SMALL = dataclasses.replace(dm.CONFIGS["mnist"], name="mnist_small", sizes=(16, 8, 4), inner_steps=3, pool=4)
+SMALL_SINUSOID = dataclasses.replace(dm.CONFIGS["sinusoid"], name="sinusoid_small", sizes=(1, 8, 8, 1), inner_steps=3, pool=8)
 
 CASES = (
     meta_step_case("mnist_meta_step", dm.CONFIGS["mnist"], calls=3),
     meta_step_case("sinusoid_meta_step", dm.CONFIGS["sinusoid"], calls=10),
     # ~700 GFLOP per meta-step; float32 rounding over 20 inner steps of the wider net reaches ~1e-4
     meta_step_case("mnist784_meta_step", dm.mnist_config(784, 100), calls=1, rounds=3, tags=("slow",), grad_tol=1e-3),
+    # smoke runs of both comparisons (CE with shared learners; L2 with a learner per tensor)
     meta_step_case("small_meta_step", SMALL, calls=5, rounds=2, tags=("quick",)),
+    meta_step_case("small_sinusoid_meta_step", SMALL_SINUSOID, calls=5, rounds=2, tags=("quick",)),
 )

@@ -394,8 +394,10 @@ def numpy_init(shapes: Any, rng: np.random.Generator) -> Any:
     return jax.tree_util.tree_map(leaf, shapes)
 
 
-def build(cfg: MetaConfig, seed: int = 0, direct_remat: bool = False, init: str = "engine", **engine_options: Any) -> Bench:
-    """Both meta-steps of ``cfg`` (``engine_options``: extra :class:`MetaStep` fields, e.g.
+def build(cfg: MetaConfig, seed: int = 0, direct_remat: bool = False, init: str = "engine", engine_remat: bool = True,
+          **engine_options: Any) -> Bench:
+    """Both meta-steps of ``cfg`` (``engine_remat``: the engine's ``MetaLoss.remat``, on by default
+    as in ``meta.remat``; ``engine_options``: extra :class:`MetaStep` fields, e.g.
     ``outer_batch_mode``), learner parameters with :func:`distinct_statistics`, a pool of
     ``cfg.pool`` priors and each side's initial optimizer state. ``init``: ``"engine"`` draws
     the learner parameters and the priors with the graph's initializers, ``"numpy"`` with
@@ -415,7 +417,7 @@ def build(cfg: MetaConfig, seed: int = 0, direct_remat: bool = False, init: str 
     else:
         raise ValueError(f"init must be 'engine' or 'numpy', got {init!r}")
     params = distinct_statistics(params, rng)
-    engine = MetaStep(prog, family.sample, MetaLoss(cfg.hint_weight, cfg.cv_weight), cfg.outer_batch, adam(cfg.lr), **engine_options)
+    engine = MetaStep(prog, family.sample, MetaLoss(cfg.hint_weight, cfg.cv_weight, engine_remat), cfg.outer_batch, adam(cfg.lr), **engine_options)
     direct = DirectMetaStep(cfg, family.sample, direct_remat)
     opt = {"engine": engine.init_opt_state(params), "direct": direct.init_opt(params)}
     return Bench(cfg, prog, family, engine, direct, params, trainable_mask(params), pool, opt)
