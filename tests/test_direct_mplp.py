@@ -10,6 +10,7 @@ the paper's sinusoid (L2, relu, a learner per tensor) and MNIST configs before t
 from __future__ import annotations
 
 import jax
+import numpy as np
 import pytest
 
 from tests.oracles import direct_mplp as dm
@@ -45,7 +46,7 @@ def _scaled_loss(out, f):
 
 
 def _moved_params(out, d):
-    return jax.tree_util.tree_map(lambda x: x + d, out[0]), out[1], out[2]
+    return jax.tree_util.tree_map(lambda x: np.asarray(x) + d, out[0]), out[1], out[2]
 
 
 def _other_gradient(out, _):

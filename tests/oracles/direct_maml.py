@@ -33,11 +33,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from mplp_graph import xla
 from mplp_graph.meta.step import ADAM_EPS
-from tests.oracles.direct_mplp import first_moment
+from tests.oracles.direct_mplp import first_moment, numpy_leaves
 
 EXPERIMENT = Path(__file__).resolve().parents[2] / "experiments" / "maml" / "run.py"
 LOSS_RTOL = 1e-5  # meta-loss agreement (relative)
@@ -195,9 +194,9 @@ def compare_steps(s: Any, c: dict[str, Contender], engine_out: tuple, direct_out
     n_layers = len(s.sizes) - 1
     lr = c["maml_direct"].step.lr
     (pe, oe, ae), (pd, od, ad) = engine_out, direct_out
-    unravel = ravel_pytree(c["maml"].params)[1]
-    ge = direct_net(unravel(first_moment(oe) / (1 - ADAM_B1)), n_layers)
-    gd = {k: v / (1 - ADAM_B1) for k, v in od["mu"].items()}
+    # numpy arrays keyed like direct_net's: W<l>, b<l> (the engine's leaves are W<l>.w, b<l>.b)
+    ge = {path.split("'")[1]: a for path, a in numpy_leaves(np.asarray(first_moment(oe)) / (1 - ADAM_B1), c["maml"].params)}
+    gd = {k: np.asarray(v) / (1 - ADAM_B1) for k, v in od["mu"].items()}
     worst, worst_leaf = 0.0, ""
     for k in sorted(gd):
         a, b = np.asarray(ge[k]), np.asarray(gd[k])
@@ -212,7 +211,7 @@ def compare_steps(s: Any, c: dict[str, Contender], engine_out: tuple, direct_out
         "loss_rel_diff": _rel(float(ae["loss"]), float(ad["loss"])),
         "grad_max_rel_diff": worst,
         "grad_worst_leaf": worst_leaf,
-        "param_max_diff": max(float(jnp.max(jnp.abs(pe[k] - pd[k]))) for k in pd),
+        "param_max_diff": max(float(np.max(np.abs(np.asarray(pe[k]) - np.asarray(pd[k])))) for k in pd),
         "param_tol": 2 * lr,
     }
     failures = [f"loss_rel_diff = {out['loss_rel_diff']:.3g} > {LOSS_RTOL}"] if not out["loss_rel_diff"] <= LOSS_RTOL else []

@@ -437,6 +437,18 @@ def first_moment(opt_state: Any) -> Any:
     raise TypeError(f"no Adam first moment in the optimizer state {type(opt_state).__name__}")
 
 
+def numpy_leaves(flat: Any, like: Any) -> list[tuple[str, np.ndarray]]:
+    """The raveled vector ``flat`` (``ravel_pytree`` order) split into numpy arrays shaped as
+    the leaves of ``like``, with their paths (numpy: no XLA program per leaf shape)."""
+    flat = np.asarray(flat)
+    out, at = [], 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]:
+        n = int(np.size(leaf))
+        out.append((jax.tree_util.keystr(path), flat[at : at + n].reshape(np.shape(leaf))))
+        at += n
+    return out
+
+
 def compare_steps(b: Bench, engine_out: tuple, direct_out: tuple, grad_tol: float = GRAD_TOL) -> dict[str, Any]:
     """Check that one meta-step of each side, from the same state and key, agrees (module
     docstring); returns the differences, raises AssertionError naming every one that is too large."""
@@ -445,21 +457,18 @@ def compare_steps(b: Bench, engine_out: tuple, direct_out: tuple, grad_tol: floa
     for k in ("loss", "hint", "cv"):
         out[f"{k}_rel_diff"] = _rel(float(me[k]), float(md[k]))
     # the normalized, masked gradient Adam was fed: mu = (1 - b1) g after one step from zero
-    unravel = ravel_pytree(b.params)[1]
-    ge = unravel(first_moment(oe) / (1 - ADAM_B1))
-    gd = unravel(first_moment(od) / (1 - ADAM_B1))
+    ge = numpy_leaves(np.asarray(first_moment(oe)) / (1 - ADAM_B1), b.params)
+    gd = numpy_leaves(np.asarray(first_moment(od)) / (1 - ADAM_B1), b.params)
     worst, worst_leaf = 0.0, ""
-    paths = jax.tree_util.tree_flatten_with_path(ge)[0]
-    for (path, a), c in zip(paths, jax.tree_util.tree_leaves(gd), strict=True):
-        a, c = np.asarray(a), np.asarray(c)
+    for (path, a), (_, c) in zip(ge, gd, strict=True):
         scale = float(np.max(np.abs(a))) if a.size else 0.0
         err = float(np.max(np.abs(a - c))) / scale if scale > 0 else float(np.max(np.abs(c), initial=0.0))
         if not np.isfinite(err) or err > worst:
-            worst, worst_leaf = err, jax.tree_util.keystr(path)
+            worst, worst_leaf = err, path
     out["grad_max_rel_diff"] = worst
     out["grad_worst_leaf"] = worst_leaf
     out["param_max_diff"] = max(
-        float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(pe), jax.tree_util.tree_leaves(pd), strict=True)
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree_util.tree_leaves(pe), jax.tree_util.tree_leaves(pd), strict=True)
     )
     failures = [f"{k} = {out[k]:.3g} > {LOSS_RTOL}" for k in ("loss_rel_diff", "hint_rel_diff", "cv_rel_diff") if not out[k] <= LOSS_RTOL]
     if not worst <= grad_tol:
