@@ -23,6 +23,7 @@ timed rounds run one at a time (experiments/device/gpu_bench.sh).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -100,15 +101,24 @@ def machine_line() -> str:
     return line if dev.platform == "cpu" else f"{line}, {dev.platform} {dev.device_kind}"
 
 
+@functools.cache
+def _code_version() -> tuple[str, bool]:
+    """The commit and whether tracked files differed from it, taken once per process (the first
+    time a row is made, before any case ran): the code the process runs, even when commits are
+    made while it does."""
+    return _git("rev-parse", "--short", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
+
+
 def run_facts(command: str | None = None) -> dict[str, Any]:
     """The fields every row ends with: machine, commit, dirty (uncommitted changes to tracked
     files), date, command, jax."""
     import jax
 
+    commit, dirty = _code_version()
     return {
         "machine": machine_line(),
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "commit": commit,
+        "dirty": dirty,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": command if command is not None else "python " + " ".join(sys.argv),
         "jax": jax.__version__,
@@ -195,7 +205,8 @@ class PeakMemory:
     the start (an upper bound when an earlier section had set a higher peak, since the backend's
     peak cannot be reset). Otherwise the process's peak resident set size minus its RSS at the
     start, the high-water mark reset first; None where /proc is not available. Memory freed by an
-    earlier section and reused counts as no growth."""
+    earlier section and reused counts as no growth, so the variants after the first of a case
+    may show less than they would alone."""
 
     def __enter__(self) -> PeakMemory:
         self.mib: float | None = None
@@ -266,6 +277,8 @@ def run_case(case: Case, rounds: int | None = None, command: str | None = None, 
     names = [v.name for v in case.variants]
     if len(set(names)) != len(names):
         raise ValueError(f"case {case.name!r}: variant names repeat: {names}")
+    _code_version()
+    jax.block_until_ready(jax.jit(lambda x: x + 1)(1.0))  # the backend started: not charged to the first variant
     thunks: dict[str, Callable[[], Any]] = {}
     first_out: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}

@@ -16,6 +16,7 @@ import argparse
 import json
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
 from benchmarks.anchors import ANCHORS
@@ -25,7 +26,8 @@ QUICK_DIR = ROOT / "runs" / "bench_quick"  # quick runs: smoke numbers, kept apa
 
 
 def _f(x, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
+    """``x`` formatted by ``spec`` (e.g. ``"11.3f"``), or a dash as wide."""
+    return format(x, spec) if x is not None else "-".rjust(int(spec.split(".")[0] or 0))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -99,16 +101,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{c.name:32s} {','.join(c.tags):20s} {', '.join(v.name for v in c.variants)}")
             return 0
         command = "python -m benchmarks.run_all " + shlex.join(argv if argv is not None else sys.argv[1:])
-        rows = []
+        rows, failed = [], {}
         for case in select(cases, args.case, args.tag):
             print(f"== {case.name}", flush=True)
-            row = run_case(case, rounds=args.rounds, command=command.strip(), log=lambda s: print(s, flush=True))
+            try:
+                row = run_case(case, rounds=args.rounds, command=command.strip(), log=lambda s: print(s, flush=True))
+            except Exception as e:  # a failed check or build: reported, the other cases still run
+                traceback.print_exc()
+                failed[case.name] = f"{type(e).__name__}: {e}"
+                continue
             if args.note:
                 row["note"] = "; ".join(x for x in (row["note"], args.note) if x)
             print(f"   -> {write_row(row, out_dir)}", flush=True)
             rows.append(row)
         print(format_table(rows))
-        return 0
+        for name, why in failed.items():
+            print(f"run_all: case {name} failed (no row written): {why}", file=sys.stderr)
+        return 1 if failed else 0
     print(format_table(load_rows(out_dir)))
     return 0
 

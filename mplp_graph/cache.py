@@ -1,5 +1,5 @@
 """A persistent XLA compilation cache: a meta-step takes ~15-30 s to compile on a 2-core CPU and
-~5 s to load from the cache (benchmarks/results/meta_step_bench.json)."""
+~5 s to load from the cache (docs/performance.md, "Compile times")."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ its reductions are slow: summing the weight learner's ``(8, 144, 50, 104)`` firs
 over the batch axis took 32 ms per inner step (644 ms per MNIST meta-step in a profiler trace)
 against 0.2-1 ms for XLA's own loops, and its dots were no faster. :data:`CPU_OPTIONS` switches
 those fusions off: the MNIST meta-step then takes 0.63x the time, side by side in
-``benchmarks/kernel_bench.py`` (docs/mplp.md, "The learners on the CPU").
+``python -m benchmarks.run_all --case mnist_kernels`` (docs/performance.md, "The learners on the CPU").
 Other backends get no options. ``MPLP_XLA_DEFAULTS=1`` in the environment keeps XLA's defaults
 everywhere (for comparisons); an XLA that does not know the option is left alone.
 """

@@ -171,3 +171,45 @@ def test_peak_memory_sees_an_allocation():
         del a
     if m.mib is not None:  # /proc available
         assert m.mib >= 50, m.mib
+
+
+def test_case_modules_missing_an_optional_package_are_skipped():
+    from types import SimpleNamespace
+
+    from benchmarks.cases import collect
+
+    one = Case("one", (Variant("engine", _sleeper(0, 1.0)),))
+    modules = {"a": SimpleNamespace(CASES=(one,)), "b": None, "c": SimpleNamespace(CASES=())}
+
+    def importer(name):
+        if modules[name] is None:
+            raise ModuleNotFoundError("No module named 'cax'")
+        return modules[name]
+
+    cases, missing = collect(["a", "b", "c"], importer)
+    assert cases == {"one": one} and missing == {"b": "ModuleNotFoundError: No module named 'cax'"}
+    with pytest.raises(ValueError, match="'one' is defined twice: in a and in d"):
+        collect(["a", "d"], lambda name: modules["a"])
+
+
+def test_every_registered_case_is_well_formed():
+    from benchmarks.cases import all_cases
+
+    cases = all_cases()
+    assert {"mnist_meta_step", "sinusoid_meta_step", "mnist784_meta_step"} <= set(cases)
+    for case in cases.values():
+        names = [v.name for v in case.variants]
+        assert len(set(names)) == len(names) and case.rounds >= 1 and case.calls >= 1, case.name
+        assert len(names) == 1 or case.baseline in names, f"{case.name}: baseline {case.baseline!r} is not a variant"
+
+
+def test_run_all_reports_a_failing_case_and_runs_the_others(tmp_path, monkeypatch, capsys):
+    import benchmarks.cases as registry
+
+    bad = Case("bad", (Variant("engine", _sleeper(0, 1.0)), Variant("direct", _sleeper(0, 2.0))), check=_agree, rounds=1)
+    good = Case("good", (Variant("engine", _sleeper(0, 1.0)), Variant("direct", _sleeper(0, 1.0))), check=_agree, rounds=1)
+    monkeypatch.setattr(registry, "all_cases", lambda: {"bad": bad, "good": good})
+    monkeypatch.setattr(registry, "unavailable", lambda: {})
+    assert run_all_main(["--case", "bad", "good", "--out-dir", str(tmp_path)]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["good.json"]
+    assert "case bad failed (no row written): AssertionError: engine and direct differ by 1.0" in capsys.readouterr().err

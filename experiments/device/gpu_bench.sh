@@ -4,8 +4,8 @@
 # Benchmarks run as separate processes, at most $JOBS at once, in priority order (the MNIST
 # meta-step first): their compiles (host work) overlap on the machine's cores, while their timed
 # sections take turns on the GPU through the file lock $MPLP_BENCH_LOCK
-# (benchmarks/bench_common.exclusive_device), so each timing has the GPU to itself. First calls
-# and compile times are measured with other compiles beside them: the JSON says so (note). Each
+# (benchmarks/harness.exclusive_device), so each timing has the GPU to itself. First calls
+# and compile times are measured with other compiles beside them: the rows say so (note). Each
 # process gets the time that is left; a loop packs whatever JSON and logs exist into
 # $OUT/gpu_bench.tgz every 15 s, so a cut-off call still returns what finished.
 #
@@ -52,45 +52,33 @@ if [ "${CACHE:-1}" != 0 ]; then
 fi
 LIMIT=$((BUDGET - 25))
 
-job() {  # job NAME SCRIPT ARGS...: one benchmark process with the time that is left
+job() {  # job NAME RUN_ALL_ARGS...: one benchmark process (python -m benchmarks.run_all) with the time that is left
   local name=$1; shift
   local left=$((LIMIT - ($(date +%s) - T0)))
   if [ "$left" -lt 30 ]; then echo "$name skipped: ${left}s left" >> "$R/rc.txt"; return; fi  # (timeout 0 = no limit)
-  timeout "$left" $PY "$@" > "$R/$name.log" 2>&1
+  timeout "$left" $PY -m benchmarks.run_all --out-dir "$R" --note "$NOTE" $ROUNDS "$@" > "$R/$name.log" 2>&1
   echo "$name rc=$? $(( $(date +%s) - T0 ))s" >> "$R/rc.txt"
 }
-B=benchmarks
 if [ -n "${QUICK:-}" ]; then
-  MS="--quick"; SC="--rounds 1 --iters 1 --compile-reps 1"; EV="--runs 10 --reps 1"; PR="--quick"; MEM="--steps 5 --remat full"
-  KB="--set device --rounds 1 --iters 1"; MA="--quick"; SCALING="mnist_144x100"; BIG=""
+  ROUNDS="--rounds 1"; MNIST="small_meta_step"; BIG=""; EVAL="eval_sinusoid_small"
 else
-  MS="--rounds 7 --iters 20 --compile-reps 1"; SC="--rounds 5 --iters 5 --compile-reps 1"; EV="--runs 100 --reps 5"
-  PR="--rounds 5 --iters 20 --mnist-iters 20 --train-steps 1000"; MEM="--steps 20 100 --remat full none"
-  KB="--set device --rounds 5 --iters 5"; MA="--rounds 7 --iters 20 --compile-reps 1"
-  SCALING="mnist_144x100 mnist_144x200 mnist_784x50"; BIG="mnist_784x100 mnist_784x200"
+  ROUNDS=""; MNIST="mnist_meta_step"; BIG="mnist784_meta_step"; EVAL="eval_mnist eval_sinusoid"
 fi
 pack() { tar czf "$OUT/.gpu_bench.tgz" -C "$R" . 2>/dev/null && mv "$OUT/.gpu_bench.tgz" "$OUT/gpu_bench.tgz"; }
 JOBS=${JOBS:-4}
-queue() {  # queue NAME SCRIPT ARGS...: start the job once fewer than $JOBS run (packing while it waits)
+queue() {  # queue NAME RUN_ALL_ARGS...: start the job once fewer than $JOBS run (packing while it waits)
   while [ "$(jobs -r | wc -l)" -ge "$JOBS" ]; do sleep 5; pack; done
   job "$@" &
 }
-# the engine's MNIST meta-step alone first (issue 9's 12 ms target; two compiles), then the comparison
-queue msb_mnist_engine $B/meta_step_bench.py --config mnist --engine-only $MS --note "$NOTE" --out "$R/meta_step_bench_mnist_engine.json"
-queue msb_mnist $B/meta_step_bench.py --config mnist $MS --note "$NOTE" --out "$R/meta_step_bench_mnist.json"
-queue msb_sinusoid $B/meta_step_bench.py --config sinusoid $MS --note "$NOTE" --out "$R/meta_step_bench_sinusoid.json"
-queue eval $B/eval_bench.py $EV --note "$NOTE" --out "$R/eval_bench.json"
-queue kernel_mnist $B/kernel_bench.py $KB --note "$NOTE" --out "$R/kernel_bench_mnist_device.json"
-for c in $SCALING; do
-  queue "scaling_$c" $B/meta_step_bench.py --config "$c" $SC --grad-tol 1e-3 --note "$NOTE" --out "$R/meta_step_scaling_$c.json"
-done
-queue precision $B/precision_bench.py $PR --note "$NOTE" --out "$R/precision_bench.json"
-[ -f $B/maml_bench.py ] && queue maml $B/maml_bench.py $MA --note "$NOTE" --out "$R/maml_bench.json"
-queue kernel_sinusoid $B/kernel_bench.py --config sinusoid $KB --note "$NOTE" --out "$R/kernel_bench_sinusoid_device.json"
-for c in $BIG; do  # the hand-written version needs tens of GB at these sizes: the engine alone
-  queue "scaling_$c" $B/meta_step_bench.py --config "$c" $SC --engine-only --note "$NOTE" --out "$R/meta_step_scaling_$c.json"
-done
-queue memory $B/memory_bench.py $MEM --out "$R/memory_bench.json"
+# the MNIST meta-step first (the 12 ms target), then the rest in priority order (benchmarks/README.md)
+queue mnist --case $MNIST
+queue sinusoid --case sinusoid_meta_step
+queue eval --case $EVAL
+queue device --case mnist_device
+[ -n "$BIG" ] && queue big --case $BIG
+queue precision --tag precision
+queue maml --case maml_meta_step
+queue memory --case mnist_remat
 
 while [ -n "$(jobs -r)" ]; do sleep 5; pack; done
 nvidia-smi --query-gpu=memory.used --format=csv >> "$R/env.txt" 2>/dev/null
@@ -101,3 +89,4 @@ if [ -n "${CDIR:-}" ]; then  # the cache back, if it fits what a call returns (1
 fi
 cat "$R/rc.txt"
 for f in "$R"/*.log; do echo "== $f"; tail -4 "$f"; done
+$PY -m benchmarks.run_all --table --out-dir "$R"

@@ -30,15 +30,15 @@ $SW --config experiments/mnist/config.yaml --run-dir $R/mn --seeds 0 1 2 3 --ste
 $SW --config experiments/mnist/config.yaml --run-dir $R/mnb --seeds 0 1 --steps 10000 \
     --set meta.outer_batch=4 graph.msg=8 meta.checkpoint_every=250 --time-budget $BUDGET --log-every 25 > $R/mnb.log 2>&1 &
 # benchmarks (they share the GPU with the three sweeps: recorded as such)
-{ python3 benchmarks/eval_bench.py --runs 100 --reps 3 --out $R/eval_bench_gpu.json --note "GPU shared with 3 training sweeps";
-  python3 benchmarks/meta_step_bench.py --quick --compile-reps 1 --out $R/meta_step_bench_gpu.json --note gpu_shared_with_3_training_sweeps; } > $R/bench.log 2>&1 &
+python3 -m benchmarks.run_all --case eval_mnist eval_sinusoid sinusoid_meta_step --rounds 3 --out-dir $R/bench \
+    --note "GPU shared with 3 training sweeps" > $R/bench.log 2>&1 &
 
 pack() {
   for r in sin mn mnb; do
     [ -d $R/$r ] || continue
     (cd $R && tar czf $OUT/.$r.tgz $r/params.npz $r/metrics.jsonl $r/sweep.json $r/config.yaml $r.log 2>/dev/null; mv $OUT/.$r.tgz $OUT/$r.tgz)
   done
-  (cd $R && tar czf $OUT/.misc.tgz env.txt bench.log eval_bench_gpu.json meta_step_bench_gpu.json 2>/dev/null; mv $OUT/.misc.tgz $OUT/misc.tgz)
+  (cd $R && tar czf $OUT/.misc.tgz env.txt bench.log bench 2>/dev/null; mv $OUT/.misc.tgz $OUT/misc.tgz)
 }
 while [ -n "$(jobs -r)" ]; do sleep 20; pack; done
 pack

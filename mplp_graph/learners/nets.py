@@ -14,7 +14,7 @@ formed one of two ways (``first_layer``):
   (width 6 for an MNIST weight learner: 4 message + w + x), then one matmul.
 
 Both give the same numbers up to float rounding (tests/test_perf_options.py). Side by side on
-the 2-core CPU (``python benchmarks/kernel_bench.py --eval``): ``rows`` takes 1.045x the time of
+the 2-core CPU (the former ``benchmarks/kernel_bench.py --eval``): ``rows`` takes 1.045x the time of
 ``split`` per MNIST meta-step and 1.018x per 100-run MNIST evaluation; two reruns of the
 meta-step gave 0.97x and 1.015x: equal within this machine's noise.
 """
@@ -200,7 +200,7 @@ def chunked(fn, tensors: Sequence[Any], rows: int) -> Any:
     Tensors of size 1 along the cut axis (broadcast inputs) are given whole to every piece; the
     math is unchanged (only the order of the parameter-gradient sums). ``rows`` 0: never cut.
 
-    Measured (benchmarks/chunk_bench.py, MNIST meta-step, 2-core CPU): with the learners' older
+    Measured (benchmark case ``mnist_chunk``, MNIST meta-step, 2-core CPU): with the learners' older
     rank-4 kernels, pieces of ~2,400 rows took 0.94x the whole-tensor time with the inner-step
     remat off; with the current ``(rows, features)`` kernels (module doc) pieces are slower:
     1.13x (remat off) and 1.19x (remat on); docs/mplp.md. On a GPU one big kernel is better."""

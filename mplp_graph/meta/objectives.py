@@ -44,7 +44,7 @@ def predict_loss(prog: Program, params: Any, state: Any, x: Any, y: Any) -> Any:
 # floats per agent-example and step) so that the recompute skips the costliest matmuls; ``dots``
 # keeps the output of every matmul; ``none`` (= False) keeps everything (no remat). On the 2-core
 # CPU the partial policies are slower than ``full`` (storing and reloading the kept layers costs
-# more memory traffic than the matmuls they save): docs/mplp.md, benchmarks/kernel_bench.py.
+# more memory traffic than the matmuls they save): docs/performance.md, benchmark case ``mnist_remat``.
 REMAT = typing.get_args(RematName)
 
 

@@ -60,7 +60,7 @@ def normalize_per_leaf(grads: Any) -> Any:
 # The learners have ~180 small parameter leaves. Masking, normalizing, Adam and the finiteness
 # guard leaf by leaf made ~1,500 tiny XLA kernels per meta-step: XLA compiled them one by one
 # (a sinusoid meta-step's outer update alone took 45 s to compile on the 2-core CPU, 2.6 s
-# raveled) and ran them one by one (3.4 ms vs 1.7 ms). docs/mplp.md, "Compile times".
+# raveled) and ran them one by one (3.4 ms vs 1.7 ms). docs/performance.md, "Compile times".
 
 
 def _leaf_segments(tree: Any) -> tuple[np.ndarray, int]:
@@ -182,7 +182,7 @@ class MetaStep(StepFunction):
     optimizer: optax.GradientTransformation
     mesh: Any = None  # a jax.sharding.Mesh with a "tasks" axis: the outer batch is split over its devices
     # XLA options for compiling the meta-step in meta_train, as (name, value) pairs; FAST_COMPILE
-    # trades some XLA optimization for ~25% less compile time (benchmarks/compile_bench.py)
+    # trades some XLA optimization for ~25% less compile time (benchmark case ``sinusoid_compile``; docs/performance.md)
     compiler_options: tuple = ()
     # the outer batch's tasks vmapped, one after another ("map"), or "auto": map on the CPU, vmap
     # elsewhere (mplp_graph.meta.batching); with a mesh they are vmapped (and split over its devices)

@@ -310,7 +310,7 @@ def restore_train_state(
 
 # xla_backend_optimization_level=1 (default 2): on this 2-core CPU the sinusoid meta-step compiles
 # in 9.1 s instead of 13.1 s and the MNIST one in ~12.7 s instead of ~15.4 s, at the same step time
-# within noise (benchmarks/results/compile_bench.json; docs/mplp.md "Compile times")
+# within noise (benchmarks/results/compile_bench.json; docs/performance.md "Compile times")
 FAST_COMPILE = (("xla_backend_optimization_level", 1),)
 
 

@@ -88,8 +88,8 @@ def route_map(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
 def sum_axes(value: Any, axes: list[int], weight: float = 1.0) -> Any:
     """``weight * sum`` over ``axes``. A plain reduction, which XLA fuses with the elementwise
     work around it; an earlier engine wrote it as a contraction with vectors of ones (a dot: a
-    kernel of its own). Side by side (``python benchmarks/sum_axes_bench.py --meta``,
-    ``benchmarks/results/sum_axes_bench.json``) the contraction took 1.02-1.07x the time of
+    kernel of its own). Side by side (the former ``benchmarks/sum_axes_bench.py --meta``;
+    now the ``sum_axes_*`` benchmark cases) the contraction took 1.02-1.07x the time of
     this form in 20-step backprop scans and 1.01-1.05x in the sinusoid and MNIST meta-steps."""
     return weight * jnp.sum(value, axis=tuple(axes))
 

@@ -1,21 +1,14 @@
-"""benchmarks/sum_axes_bench.py compares two really different programs: each variant of the
+"""benchmarks/cases/sum_axes.py compares two really different programs: each variant of the
 engine's sum is traced from a program of its own (a shared step function once let JAX's trace
 cache hand both variants one program), and both compute the same thing."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import jax
 import numpy as np
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import sum_axes_bench  # noqa: E402
-
-from mplp_graph.runtime import route  # noqa: E402
+from benchmarks.cases import sum_axes as sum_axes_bench
+from mplp_graph.runtime import route
 
 
 def test_contraction_helper_sums():
@@ -31,7 +24,7 @@ def test_variants_compile_to_different_programs_with_the_same_result():
     ys = jax.random.normal(jax.random.fold_in(key, 1), (20, 4, batch, 1))
     out, hlo = {}, {}
     for name, fn in sum_axes_bench.VARIANTS.items():
-        compiled, carry = sum_axes_bench._backprop_scan(sizes, "relu", "l2", batch, fn, jax.jit, key, xs, ys)
+        compiled, carry = sum_axes_bench.backprop_scan(sizes, "relu", "l2", batch, fn, jax.jit, key, xs, ys)
         hlo[name] = compiled.as_text()
         out[name] = compiled(carry, xs, ys)
     assert sorted(hlo) == ["contraction", "jnp.sum"]
