@@ -1,4 +1,4 @@
-"""The evaluation protocol (reference-notes 5.6): N runs of a learned learner from fresh priors,
+"""The evaluation protocol (the authors' code as docs/mplp.md describes it): N runs of a learned learner from fresh priors,
 in one jit (:func:`mplp_graph.meta.evaluate.evaluate_mplp`), with an untrained learner whose
 standardizers come from one init rollout (the timing does not depend on the learner's values).
 MNIST: 20 steps of batch 8, accuracy on 100 test images after each step (needs MNIST,

@@ -280,8 +280,6 @@ def write_rollout_results(setup: Any, results: dict[str, Any], out_dir: Any, *, 
     """``results.json``, ``growth.png`` (target, growth, damage, regrowth) and ``growth.gif``
     (run 0's growth and regrowth) in ``out_dir``."""
     import os
-    import platform
-    import time
     from pathlib import Path
 
     import matplotlib
@@ -292,18 +290,13 @@ def write_rollout_results(setup: Any, results: dict[str, Any], out_dir: Any, *, 
     from matplotlib.animation import FuncAnimation, PillowWriter
 
     from mplp_graph.meta.checkpoint import atomic_write_json
-    from mplp_graph.meta.run import git_commit
+    from mplp_graph.meta.run import results_header
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grow_loss, regrow_loss = np.asarray(results["grow_loss"]), np.asarray(results["regrow_loss"])
     doc = {
-        "experiment": setup.config.experiment,
-        "graph": setup.prog.spec.name,
-        "command": command,
-        "git_commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {jax.devices()[0].platform}, {jax.local_device_count()} device(s), jax {jax.__version__}",
+        **results_header(setup, command),
         "runs": int(grow_loss.shape[0]),
         "wall_s": {"train": train_s, "eval": results["eval_s"]},
         "metrics": {

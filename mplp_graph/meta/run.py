@@ -502,6 +502,18 @@ def plot_results(results: dict[str, Any], metrics: tuple[str, ...], path: Path, 
     plt.close(fig)
 
 
+def results_header(setup: Setup, command: str) -> dict[str, Any]:
+    """The fields every results file starts with: experiment, graph, command, commit, date, machine."""
+    return {
+        "experiment": setup.config.experiment,
+        "graph": setup.prog.spec.name,
+        "command": command,
+        "git_commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {jax.devices()[0].platform}, {jax.local_device_count()} device(s), jax {jax.__version__}",
+    }
+
+
 def write_results(setup: Setup, results: dict[str, Any], out_dir: Path, *, command: str, meta_steps: int | None, train_s: float | None) -> dict:
     """``results.json`` and ``eval.png`` in ``out_dir``: the final metrics, curves, command,
     commit, machine and config (a rollout experiment: :func:`mplp_graph.meta.rollout.write_rollout_results`)."""
@@ -513,12 +525,7 @@ def write_results(setup: Setup, results: dict[str, Any], out_dir: Path, *, comma
     numbers, curves = summarize(results, metrics)
     runs = int(np.asarray(next(iter(results["methods"].values()))[metrics[0]]).shape[0])
     doc = {
-        "experiment": setup.config.experiment,
-        "graph": setup.prog.spec.name,
-        "command": command,
-        "git_commit": git_commit(),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {jax.devices()[0].platform}, {jax.local_device_count()} device(s), jax {jax.__version__}",
+        **results_header(setup, command),
         "runs": runs,
         "split": setup.config.eval.split,
         "wall_s": {"meta_train": train_s, "eval": results["eval_s"]},

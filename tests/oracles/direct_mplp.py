@@ -1,12 +1,12 @@
 """One MPLP meta-step written by hand in jax.numpy, the oracle of the engine's :class:`MetaStep`.
 
 The direct version is a plain jax.numpy implementation of the reference inner loop
-(reference-notes Appendix A): a forward that stores its inputs, the loss node's GRU, then per
+(the authors' code as docs/mplp.md describes it): a forward that stores its inputs, the loss node's GRU, then per
 dense layer the bias GRU, the weight GRU (fed the bias node's message, replicated over the
 fan-in; its messages averaged over the fan-out), the activation GRU; residual batch-mean updates
 ``p + (mean_B c[..., 0] - out_mean) * out_scale``; scalar input standardization
 ``(v - in_mean) * in_norm`` per input kind; softmax and CE for the MNIST-shaped net. The weight
-learner's first layer is split by input kind (reference-notes 8), so the ``[B, in, out, msg]``
+learner's first layer is split by input kind (the authors' code as docs/mplp.md describes it), so the ``[B, in, out, msg]``
 replicated input is never built; the other learners concatenate their inputs. Then the outer
 update written out: the same prior / task sampling as ``MetaStep.draw``, hint + CV loss, mask,
 per-leaf gradient normalization, Adam (b1 0.9, b2 0.999, eps 1e-7), the finiteness guard.
@@ -33,10 +33,10 @@ Configs (:data:`CONFIGS`), as experiments/sinusoid/config.yaml and experiments/m
 
 * ``sinusoid``: ``mplp_feedforward((1, 20, 20, 1))`` (relu, L2), stateful, msg 8, hidden 15;
   5 inner steps of batch 10, outer batch 4, CV on 50 points, hint 0.7 / CV 0.3, Adam 1e-4
-  (reference-notes 5.3); tasks from :class:`SinusoidFamily`.
+  (the authors' code as docs/mplp.md describes it); tasks from :class:`SinusoidFamily`.
 * ``mnist``: ``mplp_feedforward((144, 50, 10), "sigmoid", "ce", msg=4, hidden=7,
   sharing="layers")``; 20 inner steps of batch 8, outer batch 1, CV on 8 points, Adam 5e-4
-  (reference-notes 5.5); random normal inputs and random one-hot labels
+  (the authors' code as docs/mplp.md describes it); random normal inputs and random one-hot labels
   (:class:`RandomClassFamily`: the cost does not depend on the pixels).
 * ``mnist_<in>x<h>``: the MNIST config with the net (in, h, 10), e.g. ``mnist_784x100``.
 """
@@ -130,7 +130,7 @@ def task_family(cfg: MetaConfig):
 
 
 # ---------------------------------------------------------------------------------------------
-# the direct version, written from reference-notes Appendix A
+# the direct version, written from docs/mplp.md
 
 
 def _learner(params: Any, cfg: MetaConfig, arrow: str, kind: str | None = None) -> tuple[Any, Any]:
@@ -150,7 +150,7 @@ def _gate_kernel(p: Any) -> Any:
 
 
 def _gru(p: Any, xproj: Any, c: Any) -> Any:
-    """GRU step (reference-notes 2.1) given ``xproj = x @ _gate_kernel(p)``."""
+    """GRU step (the authors' code as docs/mplp.md describes it) given ``xproj = x @ _gate_kernel(p)``."""
     C = c.shape[-1]
     u = jax.nn.sigmoid(xproj[..., :C] + c @ p["W_update_c"] + p["b_update"])
     r = jax.nn.sigmoid(xproj[..., C : 2 * C] + c @ p["W_reset_c"] + p["b_reset"])
@@ -219,7 +219,7 @@ def direct_zero_carries(cfg: MetaConfig, B: int) -> dict[str, Any]:
 
 
 def direct_inner_step(cfg: MetaConfig, params: Any, Ws: list, bs: list, carries: dict, x: Any, y: Any):
-    """One inner step (reference-notes Appendix A). Returns (Ws, bs, carries)."""
+    """One inner step (the authors' code as docs/mplp.md describes it). Returns (Ws, bs, carries)."""
     L, msg = len(Ws), cfg.msg
     pred, (ins, zs, pres, sm) = _forward(cfg, Ws, bs, x)
     _, states = _loss_elems(cfg, pred, y)
