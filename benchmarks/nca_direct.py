@@ -101,19 +101,20 @@ def nca_step(params: dict, x: jax.Array, fire: jax.Array) -> jax.Array:
     return x * (pre & alive(x)).astype(x.dtype)
 
 
-def rollout(params: dict, x: jax.Array, key: jax.Array, steps: int) -> jax.Array:
-    """``steps`` NCA steps in a ``lax.scan``; step ``t`` fires ``fire_mask(key, t, x.shape)``."""
+def rollout(params: dict, x: jax.Array, key: jax.Array, steps: int, fire=fire_mask) -> jax.Array:
+    """``steps`` NCA steps in a ``lax.scan``; step ``t`` fires ``fire(key, t, x.shape)``
+    (:func:`fire_mask` unless another implementation's draws are given)."""
 
     def body(x, t):
-        return nca_step(params, x, fire_mask(key, t, x.shape)), None
+        return nca_step(params, x, fire(key, t, x.shape)), None
 
     return jax.lax.scan(body, x, jnp.arange(steps))[0]
 
 
-def loss_and_states(params: dict, x0: jax.Array, target: jax.Array, key: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
+def loss_and_states(params: dict, x0: jax.Array, target: jax.Array, key: jax.Array, steps: int, fire=fire_mask) -> tuple[jax.Array, jax.Array]:
     """L2 of the RGBA channels after ``steps`` steps to ``target`` ``(H, W, 4)``, and the batch
     after the steps (what a training step writes back into the sample pool)."""
-    x = rollout(params, x0, key, steps)
+    x = rollout(params, x0, key, steps, fire)
     return jnp.mean(jnp.square(x[..., :4] - target)), x
 
 

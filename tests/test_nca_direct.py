@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import nca_direct as nd
 from benchmarks.cases.grids import life_board, life_direct_step, life_engine_program
-from benchmarks.nca_target import nca_target
+from mplp_graph.tasks.images import target_image
 
 RNG = np.random.RandomState(0)
 
@@ -73,7 +73,7 @@ def test_nca_step_by_hand_on_a_tiny_grid():
 
 
 def test_train_step_reduces_the_loss_on_a_small_target():
-    target = jnp.asarray(nca_target(size=12, pad=4))
+    target = jnp.asarray(target_image("face", 12, 4))
     x0 = nd.seed_states(2, *target.shape[:2])
     params = nd.init_params(jax.random.PRNGKey(0))
     opt = nd.make_optimizer()
@@ -87,10 +87,10 @@ def test_train_step_reduces_the_loss_on_a_small_target():
     assert np.mean(losses[-5:]) < 0.8 * losses[0], losses
 
 
-def test_nca_target_is_deterministic_premultiplied_rgba():
-    t = nca_target()
+def test_face_target_is_deterministic_premultiplied_rgba():
+    t = target_image("face", 40, 16)
     assert t.shape == (72, 72, 4) and t.dtype == np.float32
-    np.testing.assert_array_equal(t, nca_target())
+    np.testing.assert_array_equal(t, target_image("face", 40, 16))
     assert np.all(t[..., :3] <= t[..., 3:] + 1e-6) and t[..., 3].max() == 1.0
     assert np.all(t[:16] == 0) and np.all(t[:, -16:] == 0) and 0 < t[..., 3].mean() < 0.5
 
@@ -132,3 +132,33 @@ def test_nca_check_finds_a_different_gradient():
     bad = dict(out, grads={**g, "w2": g["w2"] * 1.01})
     with pytest.raises(AssertionError, match=r"grads\[w2\]"):
         nca_check({"direct": out, "cax": bad})
+
+
+def test_engine_training_step_equals_the_direct_model_with_the_engines_draws():
+    """benchmarks/nca_engine.py (graphs/growing_nca.yaml through the rollout trainer) against
+    nca_direct on a 14 x 14 grid, 6 steps: equal loss, gradients and final states when the direct
+    model fires the engine's cells; different when it draws its own."""
+    import functools
+
+    from benchmarks import nca_engine
+    from benchmarks.cases.grids import nca_start
+
+    params = nd.init_params(jax.random.PRNGKey(0))
+    params["w2"] = 0.05 * jax.random.normal(jax.random.PRNGKey(1), params["w2"].shape)
+    x0, target = nca_start(3, 14, 14, radius=5), jnp.asarray(target_image("face", 10, 2))
+    key = jax.random.PRNGKey(4)
+
+    def run(loss):
+        return jax.value_and_grad(loss, has_aux=True)(params, x0, target, key, 6)
+
+    (l_e, x_e), g_e = run(nca_engine.loss_and_states)
+    (l_d, x_d), g_d = run(functools.partial(nd.loss_and_states, fire=nca_engine.engine_fire))
+    np.testing.assert_allclose(l_e, l_d, rtol=1e-5)
+    np.testing.assert_allclose(x_e, x_d, atol=2e-5)
+    for k in g_d:
+        np.testing.assert_allclose(g_e[k], g_d[k], atol=1e-5 * float(jnp.abs(g_d[k]).max()) + 1e-7)
+    assert float(jnp.abs(g_d["w1"]).max()) > 1e-4 and float(jnp.abs(x_d - x0).max()) > 1e-2
+    fired = nca_engine.engine_fire(key, 0, x0.shape)
+    assert fired.shape == (3, 14, 14, 1) and 0.3 < float(fired.mean()) < 0.7
+    (l_own, x_own), _ = run(nd.loss_and_states)  # the direct model's own draws: other cells fire
+    assert float(jnp.abs(x_own - x_e).max()) > 1e-3

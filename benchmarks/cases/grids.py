@@ -14,9 +14,11 @@ ICLR 2025) and hand-written jax.numpy, tagged ``cax``.
   a 64-step rollout of 8 72 x 72 states, L2 of RGBA to a target, gradient, Adam.
   ``direct``: benchmarks/nca_direct.py (its docstring is the layout every variant matches);
   ``cax``: CAX's modules (benchmarks/nca_cax.py) on the same parameters and fire keys;
-  ``engine``: ``mplp_graph.nca.loss_and_states`` when it exists (same signature and layout as
-  ``nca_direct.loss_and_states``), wrapped in the same optimiser step. The check: loss, gradients,
-  the updated parameters and the final states agree to float32 tolerance.
+  ``engine``: graphs/growing_nca.yaml rolled out by the engine's rollout trainer
+  (benchmarks/nca_engine.py), wrapped in the same optimiser step. The checks, to float32
+  tolerance on loss, gradients, updated parameters and final states: ``cax`` equals ``direct``
+  (same fire keys); ``engine`` equals the direct model run with the engine's random draws
+  (``nca_engine.engine_fire``: the engine draws from per-example counters, not from one key).
 
 The CAX variants raise ImportError where CAX is not installed (it needs Python >= 3.12) and the
 harness skips them: ``bash benchmarks/cax_env.sh && .venv-cax/bin/python -m benchmarks.run_all
@@ -139,9 +141,9 @@ def nca_inputs() -> dict:
     that every gradient is non-trivial), Adam state, 8 grown-looking states (:func:`nca_start`),
     the target, the fire key."""
     from benchmarks import nca_direct as nd
-    from benchmarks.nca_target import nca_target
+    from mplp_graph.tasks.images import target_image
 
-    target = jnp.asarray(nca_target())
+    target = jnp.asarray(target_image("face", 40, 16))
     params = nd.init_params(jax.random.PRNGKey(0))
     params["w2"] = 0.02 * jax.random.normal(jax.random.PRNGKey(1), params["w2"].shape, jnp.float32)
     return {
@@ -180,50 +182,64 @@ def nca_cax_loss():
 
 
 def nca_engine_loss():
-    try:
-        from mplp_graph.nca import loss_and_states
-    except ImportError as e:
-        raise ImportError(f"the engine's Growing NCA (mplp_graph.nca.loss_and_states) is not there yet: {e}") from e
-    return loss_and_states
+    from benchmarks import nca_engine
+
+    return nca_engine.loss_and_states
+
+
+def nca_direct_engine_draws_loss():
+    """The direct model with the engine's random draws (the engine variant's check)."""
+    import functools
+
+    from benchmarks import nca_direct as nd
+    from benchmarks import nca_engine
+
+    return functools.partial(nd.loss_and_states, fire=nca_engine.engine_fire)
+
+
+def nca_compare(o: dict, ref: dict, name: str, ref_name: str, figures: dict) -> None:
+    """Assert ``o`` equals ``ref`` (loss, gradients, updated parameters, final states) to float32
+    tolerance; record the differences in ``figures``."""
+    loss_rel = abs(float(o["loss"]) - float(ref["loss"])) / abs(float(ref["loss"]))
+    assert loss_rel < 1e-5, f"nca: {name} loss {float(o['loss'])} vs {ref_name} {float(ref['loss'])}"
+    for part in ("grads", "params"):
+        for k in ref[part]:
+            a, b = np.asarray(o[part][k]), np.asarray(ref[part][k])
+            scale = max(float(np.max(np.abs(b))), 1e-12)
+            rel = float(np.max(np.abs(a - b))) / scale
+            assert rel < 1e-4, f"nca: {name} {part}[{k}] differs from {ref_name} by {rel:.2e} of its largest entry"
+            figures[f"{name}_{part}_{k}_max_rel_diff"] = rel
+    x_diff = float(np.max(np.abs(np.asarray(o["x"]) - np.asarray(ref["x"]))))
+    assert x_diff < 1e-4, f"nca: {name} final states differ from {ref_name} by {x_diff}"
+    figures[f"{name}_loss_rel_diff"] = loss_rel
+    figures[f"{name}_x_max_abs_diff"] = x_diff
 
 
 def nca_check(out: dict) -> dict:
-    names = list(out)
-    ref_name = "direct" if "direct" in out else names[0]
-    ref = out[ref_name]
-    figures = {}
-    for n in names:
-        if n == ref_name:
-            continue
-        o = out[n]
-        loss_rel = abs(float(o["loss"]) - float(ref["loss"])) / abs(float(ref["loss"]))
-        assert loss_rel < 1e-5, f"nca: {n} loss {float(o['loss'])} vs {ref_name} {float(ref['loss'])}"
-        for part in ("grads", "params"):
-            for k in ref[part]:
-                a, b = np.asarray(o[part][k]), np.asarray(ref[part][k])
-                scale = max(float(np.max(np.abs(b))), 1e-12)
-                rel = float(np.max(np.abs(a - b))) / scale
-                assert rel < 1e-4, f"nca: {n} {part}[{k}] differs from {ref_name} by {rel:.2e} of its largest entry"
-                figures[f"{n}_{part}_{k}_max_rel_diff"] = rel
-        x_diff = float(np.max(np.abs(np.asarray(o["x"]) - np.asarray(ref["x"]))))
-        assert x_diff < 1e-4, f"nca: {n} final states differ from {ref_name} by {x_diff}"
-        figures[f"{n}_loss_rel_diff"] = loss_rel
-        figures[f"{n}_x_max_abs_diff"] = x_diff
-    figures["loss"] = float(ref["loss"])
-    figures["alive_cells_after"] = int(np.sum(np.asarray(ref["x"])[..., 3] > 0.1))
+    figures: dict = {}
+    if "direct" in out:
+        for n in out:
+            if n not in ("direct", "engine"):
+                nca_compare(out[n], out["direct"], n, "direct", figures)
+        figures["loss"] = float(out["direct"]["loss"])
+        figures["alive_cells_after"] = int(np.sum(np.asarray(out["direct"]["x"])[..., 3] > 0.1))
+    if "engine" in out:
+        ref = nca_variant(nca_direct_engine_draws_loss)()
+        nca_compare(out["engine"], ref, "engine", "direct_with_engine_draws", figures)
+        figures["engine_loss"] = float(out["engine"]["loss"])
     return figures
 
 
 NCA_CASE = Case(
     name="nca_train_step",
     variants=(
-        Variant("engine", lambda: nca_variant(nca_engine_loss), "mplp_graph.nca.loss_and_states + the shared optimiser step"),
+        Variant("engine", lambda: nca_variant(nca_engine_loss), "graphs/growing_nca.yaml, RolloutStep.final_states (benchmarks/nca_engine.py) + the shared optimiser step"),
         Variant("direct", lambda: nca_variant(nca_direct_loss), "benchmarks/nca_direct.py: shifted adds, matmul MLP, lax.scan"),
         Variant("cax", lambda: nca_variant(nca_cax_loss), "CAX ConvPerceive + NCAUpdate (1x1 convolutions), its own rollout"),
     ),
     check=nca_check,
     rounds=3,
-    params={"batch": NCA_BATCH, "size": 72, "start": "nca_start: a random disc of radius 14 (seed 3)", "target": "benchmarks/nca_target.py 40x40 padded to 72x72", "rollout_steps": NCA_STEPS,
+    params={"batch": NCA_BATCH, "size": 72, "start": "nca_start: a random disc of radius 14 (seed 3)", "target": "mplp_graph.tasks.images face, 40x40 padded to 72x72", "rollout_steps": NCA_STEPS,
             "channels": 16, "hidden": 128, "fire_rate": 0.5, "optimizer": "per-leaf gradient normalisation + Adam 2e-3"},
     tags=("cax", "slow"),
     note="one timed call = one training step (rollout, loss, gradient, Adam update) from the same parameters",

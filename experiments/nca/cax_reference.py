@@ -7,7 +7,7 @@ experiment 3 ("regenerating"): a sample pool of 1024 states, all seeds at first;
 step samples 8, sorts them by loss (highest first), replaces the highest-loss one by a seed,
 damages the 3 lowest-loss ones (a random disc of cells set to zero, the article's
 ``make_circle_masks``), rolls out, takes the L2 of the RGBA channels to the target (the
-synthetic 72 x 72 target of benchmarks/nca_target.py: no emoji offline), normalises each
+built-in 72 x 72 target ``face`` of mplp_graph/tasks/images.py: no emoji offline), normalises each
 gradient and steps Adam (lr 2e-3), and writes the states back into the pool. The article draws
 the rollout length from [64, 96]; ``--rollout 64 96`` does so (a 96-step scan whose steps past the
 drawn length keep the state); the default ``64 64`` keeps the run within this machine's time.
@@ -18,7 +18,9 @@ The first training batch goes through both models' training steps and must agree
 gradients, updated parameters, final states); then CAX trains ``--cax-steps`` steps and the
 direct model ``--steps`` steps from the same start, pool and random draws. Writes
 ``experiments/nca/cax_reference.json`` atomically (also every 10 steps): per-step losses of both,
-the final loss, an evaluation (8 seeds grown 64 steps, no damage), timings and the command.
+the final loss, an evaluation (8 seeds grown 64 and 96 steps; regrowth after erasing the right
+half, as the engine's ``mplp-graph eval``), timings and the command; the trained parameters
+beside it (``<out>.params.npz``).
 Without CAX installed (Python < 3.12) the CAX parts are recorded as skipped.
 """
 
@@ -38,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import nca_direct as nd  # noqa: E402
 from benchmarks.harness import run_facts, write_json_atomic  # noqa: E402
-from benchmarks.nca_target import nca_target  # noqa: E402
+from mplp_graph.tasks.images import target_image  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "cax_reference.json"
 
@@ -130,6 +132,19 @@ def evaluate(params, target: np.ndarray, seeds: int = 8, steps: int = 64) -> flo
     return float(jnp.mean(jnp.square(x[..., :4] - target)))
 
 
+def evaluate_regrowth(params, target: np.ndarray, seeds: int = 8, steps: int = 96) -> dict:
+    """The engine's evaluation protocol (mplp_graph.meta.rollout.evaluate_rollout) on this model:
+    ``seeds`` seeds grown ``steps`` steps, the right half of each grid erased, regrown ``steps``
+    steps. Mean losses after growing and after regrowing."""
+    x0 = nd.seed_states(seeds, *target.shape[:2])
+    grown = nd.rollout(params, x0, jax.random.PRNGKey(12345), steps)
+    w = grown.shape[2]
+    damaged = grown * (jnp.arange(w) < w // 2).astype(grown.dtype)[None, None, :, None]
+    regrown = nd.rollout(params, damaged, jax.random.PRNGKey(54321), steps)
+    loss = lambda x: float(jnp.mean(jnp.square(x[..., :4] - target)))  # noqa: E731
+    return {f"eval_loss_{steps}_steps_from_seed": loss(grown), f"eval_regrow_loss_{steps}_steps": loss(regrown)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300, help="training steps of the direct model")
@@ -146,11 +161,11 @@ def main(argv=None) -> int:
     lo, hi = args.rollout
     if not 1 <= lo <= hi or args.steps < 1 or args.cax_steps < 0 or not 0 <= args.damage < args.batch <= args.pool:
         ap.error("need 1 <= MIN <= MAX, --steps >= 1, --cax-steps >= 0 and 0 <= --damage < --batch <= --pool")
-    target = nca_target(size=args.size)
+    target = target_image("face", args.size, 16)
     drawn = hi > lo
     facts = run_facts("python experiments/nca/cax_reference.py " + " ".join(sys.argv[1:] if argv is None else argv))
     doc = {"experiment": "nca_cax_reference", "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "out"},
-           "target": "benchmarks/nca_target.py", **facts}
+           "target": "mplp_graph.tasks.images: face", **facts}
     out = args.out
 
     def save():
@@ -206,7 +221,12 @@ def main(argv=None) -> int:
                              "wall_s": time.perf_counter() - t_start, "steps_done": i + 1}
             save()
     doc["direct"].update({"final_loss": losses[-1], "final_loss_mean_last_10": float(np.mean(losses[-10:])),
-                          "eval_loss_64_steps_from_seed": evaluate(tr.params, target)})
+                          "eval_loss_64_steps_from_seed": evaluate(tr.params, target), **evaluate_regrowth(tr.params, target)})
+    params_file = out.with_suffix(".params.npz")
+    tmp = params_file.with_name(params_file.stem + ".tmp.npz")
+    np.savez(tmp, **{k: np.asarray(v) for k, v in tr.params.items()})
+    tmp.replace(params_file)
+    doc["direct"]["params_file"] = params_file.name
     cax_losses = doc.get("cax", {}).get("losses")
     if cax_losses:
         k = len(cax_losses)

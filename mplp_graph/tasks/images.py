@@ -46,7 +46,36 @@ def _ring(size: int) -> np.ndarray:
     return img
 
 
-TARGETS = {"smiley": _smiley, "ring": _ring}
+def _coverage(dist: np.ndarray, aa: float = 0.75) -> np.ndarray:
+    """Anti-aliased coverage of the region ``dist <= 0`` (``dist`` in cells, signed)."""
+    return np.clip(0.5 - dist / (2 * aa), 0.0, 1.0)
+
+
+def _face(size: int) -> np.ndarray:
+    """An emoji-like face with anti-aliased (fractional) alpha at its edges: an orange disc with a
+    darker rim, two dark eyes and a smile. The benchmarks' and the reference training's target
+    (benchmarks/cases/grids.py, experiments/nca/cax_reference.py)."""
+    c = (size - 1) / 2.0
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    r = np.hypot(yy - c, xx - c)
+    radius = 0.45 * size
+    disc = _coverage(r - radius)
+    rim = disc * (1.0 - _coverage(r - (radius - 0.08 * size)))
+    rgb = np.empty((size, size, 3))
+    rgb[...] = (1.0, 0.62, 0.12)  # orange face
+    rgb = rgb * (1 - rim[..., None]) + np.array((0.75, 0.32, 0.05)) * rim[..., None]  # darker rim
+    dark = np.zeros((size, size))
+    for ex in (c - 0.18 * size, c + 0.18 * size):  # eyes: small vertical ellipses
+        e = np.hypot((xx - ex) / (0.06 * size), (yy - (c - 0.12 * size)) / (0.1 * size))
+        dark = np.maximum(dark, _coverage((e - 1.0) * 0.06 * size))
+    smile_r = np.hypot(yy - (c - 0.02 * size), xx - c)  # smile: lower arc of a ring
+    arc = _coverage(np.abs(smile_r - 0.25 * size) - 0.035 * size) * (yy > c + 0.06 * size)
+    dark = np.maximum(dark, arc)
+    rgb = rgb * (1 - dark[..., None]) + np.array((0.3, 0.12, 0.05)) * dark[..., None]
+    return np.concatenate([rgb, disc[..., None]], axis=-1)
+
+
+TARGETS = {"face": _face, "smiley": _smiley, "ring": _ring}
 
 
 def target_image(image: str, size: int, padding: int, base_dir: str | Path | None = None) -> np.ndarray:
@@ -76,7 +105,7 @@ def target_image(image: str, size: int, padding: int, base_dir: str | Path | Non
         rows = (np.arange(size) * raw.shape[0] / size).astype(int)
         cols = (np.arange(size) * raw.shape[1] / size).astype(int)
         img = raw[rows][:, cols]
-    img = img.copy()
+    img = np.array(img)  # a copy, in the drawing's precision
     img[..., :3] *= img[..., 3:4]  # premultiplied alpha
     return np.pad(img, ((padding, padding), (padding, padding), (0, 0))).astype(np.float32)
 
