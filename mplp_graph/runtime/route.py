@@ -184,8 +184,10 @@ def route_stencil(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
         fill = -jnp.inf if aggregate == "max" and st.boundary == "none" else 0.0
         padded = jnp.pad(full, pads, constant_values=fill)
     weights = st.weights or (None,) * len(st.offsets)
+    # a zero weight contributes nothing (the centre column of a Sobel kernel): no slice for it
+    taps = [(o, w) for o, w in zip(st.offsets, weights) if w is None or w != 0.0]
     value = None
-    for o, w in zip(st.offsets, weights):
+    for o, w in taps:
         index = (slice(None),) + tuple(slice(lo[ax] + o[ax], lo[ax] + o[ax] + shape[ax]) for ax in range(rank))
         piece = padded[index]
         if w is not None:
@@ -194,6 +196,8 @@ def route_stencil(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
             value = piece
         else:
             value = jnp.maximum(value, piece) if aggregate == "max" else value + piece
+    if value is None:  # every weight zero
+        value = jnp.zeros_like(full)
     if st.boundary == "none":
         count = st.counts(shape).reshape((1, *shape) + (1,) * len(feat))
     else:
