@@ -361,7 +361,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     doc = write_results(setup, results, out, command=command, meta_steps=step, train_s=None)
     for k, v in doc["metrics"].items():
         print(f"{k}: {v}")
-    print(f"wrote {out / 'results.json'} and {out / 'eval.png'}")
+    pictures = ("growth.png", "growth.gif") if setup.config.rollout is not None else ("eval.png",)
+    print(f"wrote {', '.join(str(out / name) for name in ('results.json', *pictures))}")
     return EXIT_OK
 
 

@@ -80,8 +80,6 @@ def main(argv=None) -> int:
         "eval_runs": ev["runs"],
         "nca_grow_loss_std": ev["metrics"]["grow_loss_std"],
         "nca_regrow_loss_std": ev["metrics"]["regrow_loss_std"],
-        "nca_train_median_step_s": float(np.median([r["step_s"] for r in rows[1:]])) if "step_s" in rows[0] else None,
-        "cax_train_median_step_s": ref["median_step_s"],
     }
     doc = {
         "experiment": "growing_nca_vs_reference",

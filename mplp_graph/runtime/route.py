@@ -162,6 +162,11 @@ def route_edges(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
     return Partial(value, count)
 
 
+def _is_box(offsets: tuple[tuple[int, ...], ...], lo: list[int], hi: list[int]) -> bool:
+    """Whether ``offsets`` are every vector from ``-lo`` to ``hi`` (each once)."""
+    return len(set(offsets)) == len(offsets) == int(np.prod([a + b + 1 for a, b in zip(lo, hi)]))
+
+
 def route_stencil(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
     """Destination ``d`` receives ``w_o * message[d + o]`` for every offset ``o``: the message
     tensor padded once by the boundary rule (``wrap``, ``zero``/``none``: zeros, ``clamp``: edge
@@ -187,6 +192,14 @@ def route_stencil(plan: ArrowPlan, message: Any, aggregate: str) -> Partial:
     # a zero weight contributes nothing (the centre column of a Sobel kernel): no slice for it
     taps = [(o, w) for o, w in zip(st.offsets, weights) if w is None or w != 0.0]
     value = None
+    if aggregate == "max" and st.weights is None and _is_box(st.offsets, lo, hi):
+        # a full box of offsets (moore9): one window maximum. Its derivative keeps only the
+        # padded input for the backward pass, where a chain of pairwise maxima would keep a
+        # mask per pair at every step of a differentiated rollout (~1.4x the Growing NCA's
+        # training step)
+        window = (1, *(lo[ax] + hi[ax] + 1 for ax in range(rank)), *(1,) * len(feat))
+        value = jax.lax.reduce_window(padded, -jnp.inf, jax.lax.max, window, (1,) * padded.ndim, "VALID")
+        taps = []
     for o, w in taps:
         index = (slice(None),) + tuple(slice(lo[ax] + o[ax], lo[ax] + o[ax] + shape[ax]) for ax in range(rank))
         piece = padded[index]
