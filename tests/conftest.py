@@ -6,17 +6,7 @@ that two processes never write one cache entry at the same time."""
 import os
 from pathlib import Path
 
-# The tests compile at XLA's backend optimisation level 1 (set before JAX starts its backend;
-# the processes the tests start inherit it): the compile-bound suite's programs compile in about
-# 0.7x the time, and run as fast, as at the default level (docs/performance.md, "The test suite").
-# Results differ from the default level's by float rounding only; the values recorded at the
-# default level (tests/data/meta_golden.npz) are compared at tolerances that say so.
-# MPLP_TEST_XLA_DEFAULTS=1 runs the suite at XLA's defaults.
-_LEVEL = "--xla_backend_optimization_level=1"
-if os.environ.get("MPLP_TEST_XLA_DEFAULTS") != "1" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_LEVEL}".strip()
-
-from mplp_graph.cache import ENV_VAR, enable_compilation_cache  # noqa: E402
+from mplp_graph.cache import ENV_VAR, enable_compilation_cache
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER")
 if _worker and os.environ.get(ENV_VAR, "").lower() != "off":

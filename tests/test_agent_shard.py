@@ -63,7 +63,7 @@ def test_config_shard_agents_is_checked_against_graph_and_devices(tmp_path):
         "task": {"inner_steps": 2, "batch": 4, "cv_points": 6},
         "meta": {"steps": 2, "outer_batch": 2, "pool": 4, "stats_rounds": 0, "shard_agents": {"W0": 1, "a0": 1}},
     }))
-    out = _run("-m", "mplp_graph.cli", "train", str(config), "--run-dir", str(tmp_path / "run"), XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4")
+    out = _run("-m", "mplp_graph.cli", "train", str(config), "--run-dir", str(tmp_path / "run"), XLA_FLAGS="--xla_force_host_platform_device_count=4")
     assert out.returncode == 2, out.stderr[-2000:]
     assert "meta.shard_agents.W0" in out.stderr and "6 agents, not a multiple of the 4 devices" in out.stderr
     assert "meta.shard_agents.a0" in out.stderr and "group 'a0' has agent axes 0..0 (shape [6]); found axis 1" in out.stderr

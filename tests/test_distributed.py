@@ -30,7 +30,7 @@ CONFIG = {  # the config of tests/scripts/dist_train.py
 
 
 def _env(cache: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"))}
     env.update({"PYTHONPATH": str(ROOT), "MPLP_GRAPH_CACHE": str(cache), "MPLP_GRAPH_HEARTBEAT_TIMEOUT": "10", **extra})
     return env
 
@@ -141,7 +141,7 @@ def test_bad_job_settings(extra, expected):
 def test_outer_batch_not_divisible_by_the_devices(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({**CONFIG, "meta": {**CONFIG["meta"], "outer_batch": 3, "shard_tasks": True}}))
-    env = _env(tmp_path / "cache", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
+    env = _env(tmp_path / "cache", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     out = subprocess.run(_cli("train", str(config), "--run-dir", str(tmp_path / "run")), env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "meta.outer_batch" in out.stderr and "outer batch (3 tasks) must be a multiple of the number of devices it is split over (2" in out.stderr

@@ -1,7 +1,7 @@
 """Run by tests/test_shard.py in a subprocess: XLA_FLAGS must be set before JAX starts."""
 import os
 
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import json
 import numpy as np
 
