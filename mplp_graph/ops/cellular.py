@@ -79,13 +79,17 @@ def _residual_mlp_init(key, shapes, args):
 def _residual_mlp_apply(params, inputs, args):
     shape = jnp.broadcast_shapes(*(x.shape[:-1] for x in inputs))
     if all(x.shape[:-1] == shape for x in inputs):  # one matmul on the concatenated channels
-        h = jnp.concatenate(inputs, axis=-1) @ params["w1"]
+        # as a 2-D matmul (rows = every agent and example): the gradient of w1 is then one
+        # contraction over the rows instead of one over every leading axis
+        cat = jnp.concatenate(inputs, axis=-1)
+        h = (cat.reshape(-1, cat.shape[-1]) @ params["w1"]).reshape(*shape, -1)
     else:  # inputs broadcast along some agent axes: one matmul per input, nothing replicated
         h, start = 0.0, 0
         for x in inputs:
             h = h + x @ params["w1"][start : start + x.shape[-1]]
             start += x.shape[-1]
-    dx = jax.nn.relu(h + params["b1"]) @ params["w2"]
+    hidden = jax.nn.relu(h + params["b1"])
+    dx = (hidden.reshape(-1, hidden.shape[-1]) @ params["w2"]).reshape(*hidden.shape[:-1], -1)
     if "b2" in params:
         dx = dx + params["b2"]
     return {"message": inputs[0] + dx}
