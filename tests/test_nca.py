@@ -110,3 +110,63 @@ def test_config_errors_are_located():
     config = ExperimentConfig.model_validate({"graph": {"file": "g.yaml"}, "rollout": {"size": 40}, "meta": {"outer_batch": 8}})
     with pytest.raises(mg.ConfigError, match="must fill group 'cell'"):
         rollout_data(config, prog, None, lambda p: mg.Location(file="c.yaml", path=p))
+
+
+def test_a_batched_counter_gives_each_example_its_own_draws():
+    """``clock.t`` batched: each example fires the cells its own counter draws, as the same graph
+    with a shared counter at that value would; equal to the reference interpreter."""
+    from mplp_graph.runtime.interpret import interpret_step
+
+    text = (ROOT / "graphs" / "growing_nca.yaml").read_text().replace("shape: [72, 72]", "shape: [6, 6]")
+    per_example = mg.compile_graph(mg.loads_graph(text))
+    assert per_example.spec.groups["clock"].state["t"].batched
+    shared = mg.compile_graph(mg.loads_graph(text.replace("t: {dtype: int32, batched: true}", "t: {dtype: int32}")))
+    params = {"rule": {**shared.init_params(jax.random.PRNGKey(0))["rule"], "w2": 0.1 * jax.random.normal(jax.random.PRNGKey(1), (128, 16))}}
+    s = jnp.broadcast_to(jax.random.uniform(jax.random.PRNGKey(2), (1, 6, 6, 16)), (3, 6, 6, 16))
+    state = per_example.init(jax.random.PRNGKey(0), 3)
+    assert state["clock"]["t"].shape == (3,)
+    state["cell"]["s"], state["clock"]["t"] = s, jnp.array([5, 9, 5], jnp.int32)
+    new, _ = per_example.step(params, state, {})
+    got = np.asarray(new["cell"]["s"])
+    np.testing.assert_array_equal(new["clock"]["t"], [6, 10, 6])
+    np.testing.assert_array_equal(got[0], got[2])  # same counter, same draws
+    assert np.abs(got[0] - got[1]).max() > 1e-3  # another counter, other cells fired
+    for b, t in ((0, 5), (1, 9)):
+        one = shared.init(jax.random.PRNGKey(0), 1)
+        one["cell"]["s"], one["clock"]["t"] = s[:1], jnp.int32(t)
+        np.testing.assert_allclose(got[b], np.asarray(shared.step(params, one, {})[0]["cell"]["s"])[0], atol=1e-6)
+    want, _ = interpret_step(per_example.spec, params, jax.device_get(state), {})
+    np.testing.assert_allclose(got, want["cell"]["s"], atol=1e-5)
+
+
+def test_rollout_with_a_batched_counter_equals_the_vmapped_examples():
+    """The rollout trainer runs a graph with a batched counter as one batch, one with a shared
+    counter as one example at a time under vmap: the same draws, the same final states."""
+    import optax
+
+    from mplp_graph.meta.rollout import RolloutStep
+
+    text = (ROOT / "graphs" / "growing_nca.yaml").read_text().replace("shape: [72, 72]", "shape: [8, 8]")
+    shared = mg.compile_graph(mg.loads_graph(text.replace("t: {dtype: int32, batched: true}", "t: {dtype: int32}")))
+    batched = mg.compile_graph(mg.loads_graph(text))
+    params = {"rule": {**shared.init_params(jax.random.PRNGKey(0))["rule"], "w2": 0.1 * jax.random.normal(jax.random.PRNGKey(1), (128, 16))}}
+    drawn = {"x": jax.random.uniform(jax.random.PRNGKey(2), (3, 1, 8, 8, 16)), "n": jnp.asarray(5), "counters": jnp.array([3, 70, 12345], jnp.int32)}
+    out = {}
+    for name, prog in (("shared", shared), ("batched", batched)):
+        step = RolloutStep(prog, ("cell", "s"), 4, (4, 6), 3, optax.identity())
+        assert step.per_example_counter == (name == "batched")
+        out[name] = np.asarray(jax.jit(step.final_states)(params, drawn))
+    assert out["batched"].shape == (3, 1, 8, 8, 16)
+    np.testing.assert_allclose(out["batched"], out["shared"], atol=1e-5)
+    assert np.abs(out["batched"][0] - out["batched"][1]).max() > 1e-3
+
+
+def test_a_batched_counter_refuses_draws_shared_by_the_batch():
+    text = (ROOT / "graphs" / "growing_nca.yaml").read_text()
+    assert "t: {dtype: int32, batched: true}" in text
+    shuffled = text.replace("      fire: 0.5", "      fire: 0.5\n      order: shuffle")
+    with pytest.raises(mg.GraphSpecError, match=r"shuffles its stages, one order for the whole batch, but the counter clock.t is batched"):
+        mg.loads_graph(shuffled)
+    unbatched = text.replace("s: {batched: true, shape: [16]}", "s: {shape: [16]}")
+    with pytest.raises(mg.GraphSpecError, match=r"writes fields shared by the batch: \['cell.s'\]"):
+        mg.loads_graph(unbatched)

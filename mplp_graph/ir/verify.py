@@ -303,7 +303,10 @@ def rule_schedule_random(g: GraphSpec) -> Iterator[Issue]:
 
 
 def rule_schedule_rng(g: GraphSpec) -> Iterator[Issue]:
-    """The counter is an int32 scalar of a single agent, shared by the batch, written by no arrow."""
+    """The counter is an int32 scalar of a single agent, written by no arrow; shared by the batch,
+    or one per example (``batched: true``: each example its own draws), which a shuffled phase
+    (one stage order for the whole batch) and a phase with ``fire`` that writes a field shared by
+    the batch cannot use."""
     ref = g.schedule.rng
     if ref is None:
         return
@@ -320,12 +323,26 @@ def rule_schedule_rng(g: GraphSpec) -> Iterator[Issue]:
         return
     f = grp.state[fname]
     found = f"{f.dtype}{list(f.shape)}{' batched' if f.batched else ''} in a group of shape {list(grp.shape)}"
-    if f.dtype != "int32" or f.shape or f.batched or grp.shape:
+    if f.dtype != "int32" or f.shape or grp.shape:
         yield (
             "schedule.rng",
-            f"the step counter {ref} must be an int32 scalar (shape [], not batched) of a group of shape [], got "
+            f"the step counter {ref} must be an int32 scalar (shape [], batched or not) of a group of shape [], got "
             f"{found}; declare e.g. 'clock: {{kind: clock, state: {{t: {{dtype: int32}}}}}}' and 'rng: clock.t'",
         )
+    elif f.batched:
+        phases = phase_names(g)
+        for p, r in g.schedule.random.items():
+            if p not in phases:
+                continue
+            if r.order == "shuffle":
+                yield (f"schedule.random.{p}.order", f"phase {p!r} shuffles its stages, one order for the whole batch, but the counter "
+                       f"{ref} is batched (one per example); use 'order: fixed' or a counter shared by the batch")
+            if r.fire < 1.0:
+                shared = sorted({f"{a.dst}.{a.into}" for a in g.arrows if a.phase == p and a.into and not g.groups[a.dst].state[a.into].batched}
+                                | {f"{a.src}.{u}" for a in g.arrows if a.phase == p for u in a.updates if not g.groups[a.src].state[u].batched})
+                if shared:
+                    yield (f"schedule.random.{p}.fire", f"phase {p!r} draws which agents fire per example (the counter {ref} is batched), "
+                           f"but writes fields shared by the batch: {shared}; make them batched or the counter shared")
     for k, a in enumerate(g.arrows):
         if a.dst == group and a.into == fname:
             yield f"arrows[{k}].into", f"arrow {a.name!r} writes {ref}, the step counter of schedule.rng; only the step advances it"

@@ -130,9 +130,24 @@ class RolloutStep(StepFunction):
         counters = jax.random.randint(k_t, (self.outer_batch,), 0, jnp.iinfo(jnp.int32).max)
         return {"idx": idx, "x": x, "n": n, "counters": counters, "target": data["target"]}
 
+    @property
+    def per_example_counter(self) -> bool:
+        """Whether the graph's ``schedule.rng`` counter is batched (one per example): then the
+        batch runs as one batch of the graph, else each example runs alone under ``vmap`` with
+        a counter of its own (the same draws either way)."""
+        ref = draws.rng_ref(self.prog.spec)
+        return ref is not None and self.prog.spec.groups[ref[0]].state[ref[1]].batched
+
     def carries(self, drawn: dict[str, Any]) -> Any:
-        """The rollout's starting carries, stacked over the examples."""
+        """The rollout's starting carries: one carry of the whole batch (a batched counter), or
+        one per example stacked over the examples."""
         g, f = self.target
+        if self.per_example_counter:
+            carry = self.prog.carry_of(self.prog.init(jax.random.PRNGKey(0), drawn["x"].shape[0]))
+            ref = draws.rng_ref(self.prog.spec)
+            carry[g][f] = drawn["x"][:, 0]
+            carry[ref[0]][ref[1]] = drawn["counters"]
+            return carry
         zero = self.prog.carry_of(self.prog.init(jax.random.PRNGKey(0), 1))
 
         def one(x, t):
@@ -148,6 +163,8 @@ class RolloutStep(StepFunction):
     def final_states(self, params: Any, drawn: dict[str, Any]) -> Any:
         g, f = self.target
         run = lambda c: rollout(self.prog, params, c, drawn["n"], self.steps[1], self.remat, self.steps[0])  # noqa: E731
+        if self.per_example_counter:
+            return run(self.carries(drawn))[g][f][:, None]  # (B, 1, *grid, F)
         return jax.vmap(run)(self.carries(drawn))[g][f]  # (B, 1, *grid, F)
 
     def _loss(self, params: Any, drawn: dict[str, Any]) -> tuple[Any, tuple[dict, Any]]:
@@ -180,7 +197,7 @@ def grow(prog: Program, params: Any, seed: Any, target: tuple[str, str], steps: 
     carry[g][f] = seed
     ref = draws.rng_ref(prog.spec)
     if ref is not None:
-        carry[ref[0]][ref[1]] = jax.random.randint(key, (), 0, jnp.iinfo(jnp.int32).max)
+        carry[ref[0]][ref[1]] = jax.random.randint(key, carry[ref[0]][ref[1]].shape, 0, jnp.iinfo(jnp.int32).max)
     if not record_every:
         return rollout(prog, params, carry, steps, steps, n_min=steps)[g][f]
 

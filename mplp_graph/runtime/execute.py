@@ -83,7 +83,7 @@ def _keep_fired(prog: CompiledGraph, old: State, new: State, written: list[tuple
         grp, f = prog.spec.groups[g], prog.spec.groups[g].state[fname]
         if g not in masks:  # one draw per group and stage: all its written fields agree
             masks[g] = draws.fire_mask(key, stage, groups.index(g), grp.shape, p)
-        m = draws.field_mask(masks[g], f.constant_along, f.batched, len(f.shape))
+        m = draws.field_mask(masks[g], f.constant_along, f.batched, len(f.shape), per_example=jnp.ndim(key) == 2)
         new[g][fname] = jnp.where(m, new[g][fname], old[g][fname])
     return new
 

@@ -144,10 +144,16 @@ def interpret_stage(spec: GraphSpec, stage: tuple[str, ...], params: Any, state:
         written = {(g, f) for g, f, _, _ in updates} | set(inboxes)
         for g, fname in written:
             mask = np.asarray(fired(g))
+            per_example = mask.ndim == len(spec.groups[g].shape) + 1  # a batched counter: [B, *agent]
             f = spec.groups[g].state[fname]
             for idx in np.ndindex(*spec.groups[g].shape):
-                if not mask[idx] and all(i == 0 for ax, i in enumerate(idx) if ax in f.constant_along):
-                    agent = _agent_index(f, idx)
+                if not all(i == 0 for ax, i in enumerate(idx) if ax in f.constant_along):
+                    continue
+                agent = _agent_index(f, idx)
+                if per_example:
+                    for b in np.flatnonzero(~mask[(slice(None), *idx)]):
+                        new[g][fname][(b, *agent)] = old[g][fname][(b, *agent)]
+                elif not mask[idx]:
                     where = (slice(None),) + agent if f.batched else agent
                     new[g][fname][where] = old[g][fname][where]
     return new
@@ -165,7 +171,7 @@ def interpret_phase(spec: GraphSpec, phase: str, params: Any, state: Any, schedu
         return state
     r = spec.schedule.random[phase]
     g_rng, f_rng = draws.rng_ref(spec)
-    key = draws.phase_key(int(state[g_rng][f_rng]), list(schedule.phases).index(phase), occurrence)
+    key = draws.phase_key(np.asarray(state[g_rng][f_rng]).astype(np.int32), list(schedule.phases).index(phase), occurrence)
     order = np.asarray(draws.stage_order(key, len(stages))) if r.order == "shuffle" and len(stages) > 1 else range(len(stages))
     groups = list(spec.groups)
     for k in order:
