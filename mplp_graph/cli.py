@@ -362,7 +362,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for k, v in doc["metrics"].items():
         print(f"{k}: {v}")
     pictures = ("growth.png", "growth.gif") if setup.config.rollout is not None else ("eval.png",)
-    print(f"wrote {', '.join(str(out / name) for name in ('results.json', *pictures))}")
+    files = [str(out / name) for name in ("results.json", *pictures)]
+    print(f"wrote {', '.join(files[:-1])} and {files[-1]}")
     return EXIT_OK
 
 
