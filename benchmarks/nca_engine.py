@@ -57,17 +57,14 @@ def engine_fire(key: jax.Array, t, shape: tuple[int, ...]) -> jax.Array:
     batch, height, width = shape[0], shape[-3], shape[-2]
     prog = program(height, width)
     phase, group = list(prog.phases).index("update"), list(prog.spec.groups).index("cell")
-    rate = prog.spec.schedule.random["update"].fire
-
-    def one(counter):
-        return draws.fire_mask(draws.phase_key(counter + t, phase, 0), 0, group, (height, width), rate)
-
-    return jax.vmap(one)(counters(key, batch))[..., None]
+    keys = draws.phase_key(counters(key, batch) + t, phase, 0)  # one key per example
+    return draws.fire_mask(keys, 0, group, (height, width), prog.spec.schedule.random["update"].fire)[..., None]
 
 
 def loss_and_states(params: dict, x0: jax.Array, target: jax.Array, key: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
     """nca_direct.loss_and_states computed by the engine: the rollout trainer's
-    ``final_states`` (a vmap over the examples, each with its own counter) for ``steps`` steps."""
+    ``final_states`` (the batch as one batch of the graph, each example with its own counter)
+    for ``steps`` steps."""
     from mplp_graph.meta.rollout import RolloutStep
 
     batch = x0.shape[0]

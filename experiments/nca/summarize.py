@@ -81,6 +81,7 @@ def main(argv=None) -> int:
         "nca_grow_loss_std": ev["metrics"]["grow_loss_std"],
         "nca_regrow_loss_std": ev["metrics"]["regrow_loss_std"],
     }
+    run = args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run
     doc = {
         "experiment": "growing_nca_vs_reference",
         "what": "Growing NCA (Mordvintsev et al., Distill 2020) trained by the engine (graphs/growing_nca.yaml, mplp_graph/meta/rollout.py) "
@@ -88,8 +89,7 @@ def main(argv=None) -> int:
                 "same recipe (pool 1024, batch 8, damage 3, rollouts of 64-96 steps, per-leaf normalised gradient + Adam 2e-3), same seed, "
                 f"same number of steps; final loss = mean L2 of RGBA to the target after {steps} steps from the seed ({ev['runs']} growths), "
                 "regrow loss = the same after erasing the right half and regrowing as many steps.",
-        "commands": {"engine_train": TRAIN.format(run=args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run),
-                     "engine_eval": EVAL.format(run=args.run.relative_to(ROOT) if args.run.is_relative_to(ROOT) else args.run),
+        "commands": {"engine_train": TRAIN.format(run=run), "engine_eval": EVAL.format(run=run),
                      "reference": REFERENCE, "summary": "python experiments/nca/summarize.py"},
         "metrics": metrics,
         "engine": {"results": "experiments/nca/engine/results.json", "commit": ev.get("git_commit"), "date": ev.get("date"),
