@@ -26,8 +26,6 @@ Sets (docs/performance.md discusses the results):
 * ``mnist_chunk``: learners over pieces of ``graph.chunk_rows`` agents against whole tensors.
 * ``precision_{mnist,sinusoid}``: ``graph.matmul: bfloat16`` learner matmul operands (float32
   accumulation and state) against float32 (their losses agree to 1e-2 relative only).
-* ``{mnist,sinusoid}_cell_kernel``: the stateful learner's cell as the compiled CPU kernel
-  (``graph.kernel: auto``, the default; mplp_graph/kernels) against jax.numpy (``jax``).
 * ``sinusoid_compile``: XLA compile options (``meta.fast_compile``: optimization level 1; LLVM's
   expensive passes off; both): the figure is each variant's ``compile_s``.
 """
@@ -135,8 +133,6 @@ CASES = (
     options_case("precision_mnist", "mnist", (Opt("bfloat16", (("graph.matmul", "bfloat16"),)),), loss_rtol=1e-2, param_tol=2.0, tags=("precision",)),
     options_case("precision_sinusoid", "sinusoid", (Opt("bfloat16", (("graph.matmul", "bfloat16"),)),), calls=10, loss_rtol=1e-2, param_tol=2.0,
                  tags=("precision",)),
-    options_case("mnist_cell_kernel", "mnist", (Opt("cell_jax", (("graph.kernel", "jax"),)),), tags=("kernel",)),
-    options_case("sinusoid_cell_kernel", "sinusoid", (Opt("cell_jax", (("graph.kernel", "jax"),)),), calls=10, tags=("kernel",)),
     options_case("sinusoid_compile", "sinusoid", (Opt("fast_compile", (("meta.fast_compile", True),)),
                                                   Opt("no_expensive_llvm_passes", (), {"xla_llvm_disable_expensive_passes": True}),
                                                   Opt("fast_compile_no_expensive_llvm", (("meta.fast_compile", True),), {"xla_llvm_disable_expensive_passes": True})),

@@ -36,7 +36,6 @@ def glorot_uniform(key: Any, shape: tuple[int, int]) -> Any:
 
 MATMUL_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 FIRST_LAYERS = ("rows", "split")
-KERNELS = ("auto", "jax")  # the GRU cell: the compiled kernel where it applies, or always jax.numpy
 # the name of the learners' hidden layers that follow a hidden-to-hidden matmul (the GRU's
 # 80 -> 40 layers, an MLP learner's layers after the first), for remat policies
 # (mplp_graph.meta.objectives.remat_policy: "hidden")
@@ -142,33 +141,21 @@ def gru_init(key: Any, x_dim: int, carry: int) -> dict[str, Any]:
     }
 
 
-def gru_apply(p: dict[str, Any], channels: Sequence[Any], c: Any, dtype: Any = None, first_layer: str = "split", kernel: str = "auto") -> Any:
+def gru_apply(p: dict[str, Any], channels: Sequence[Any], c: Any, dtype: Any = None, first_layer: str = "split") -> Any:
     """One GRU step for one agent: ``c' = u c + (1 - u) tanh(MLPx(x) + MLPc(r c) + b)``. (..., C)
     ``dtype``: the matmul operand type (:func:`dot`); the carry and the gates stay float32.
     ``first_layer``: how ``x`` meets its kernels (module doc). Computed on ``(rows, features)``
     matrices: the gates of ``x`` and ``c`` as one 24-wide matmul each, ``MLPx``'s first layer as
-    its own matmul (so its tanh reads a contiguous matrix). ``kernel``: ``auto`` runs the cell
-    after its first layers as one compiled CPU kernel where :func:`mplp_graph.kernels.covers` it
-    (same numbers up to float rounding), ``jax`` always as the jax.numpy below."""
-    from mplp_graph import kernels
-
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    its own matmul (so its tanh reads a contiguous matrix)."""
     lead = lead_shape(c, *channels)
     C = c.shape[-1]
     project = row_projector(channels, lead, dtype, first_layer)
     c = jnp.broadcast_to(c, (*lead, C)).reshape(-1, C)
     gates_x = project(jnp.concatenate([p["W_update_x"], p["W_reset_x"]], axis=1))
-    nx_, nc_ = p["next_x_net"], p["next_c_net"]
-    if kernel == "auto" and kernels.covers(C, MLP_HIDDEN, dtype):
-        gx = gates_x + jnp.concatenate([p["b_update"], p["b_reset"]])
-        px = project(nx_["k1"]) + nx_["b1"]
-        w_c = jnp.concatenate([p["W_update_c"], p["W_reset_c"]], axis=1)
-        weights = (w_c, nx_["k2"], nx_["b2"], nc_["k1"], nc_["b1"], nc_["k2"], nc_["b2"], nx_["k3"], nc_["k3"], p["b_next"])
-        return kernels.gru_cell(gx, px, c, weights).reshape(*lead, C)
     gates_c = dot(c, jnp.concatenate([p["W_update_c"], p["W_reset_c"]], axis=1), dtype)
     gates = jax.nn.sigmoid(gates_x + gates_c + jnp.concatenate([p["b_update"], p["b_reset"]]))
     u, r = gates[:, :C], gates[:, C:]
+    nx_, nc_ = p["next_x_net"], p["next_c_net"]
     hx = jnp.tanh(project(nx_["k1"]) + nx_["b1"])
     hx = checkpoint_name(jnp.tanh(dot(hx, nx_["k2"], dtype) + nx_["b2"]), HIDDEN_NAME)
     hc = jnp.tanh(dot(r * c, nc_["k1"], dtype) + nc_["b1"])

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from pydantic import Field
 
-from mplp_graph.learners.nets import FIRST_LAYERS, KERNELS, MATMUL_DTYPES, MLP_HIDDEN, chunked, gru_apply, gru_init, mlp_apply, mlp_init
+from mplp_graph.learners.nets import FIRST_LAYERS, MATMUL_DTYPES, MLP_HIDDEN, chunked, gru_apply, gru_init, mlp_apply, mlp_init
 from mplp_graph.learners.standardize import OUT_SCALE_INIT, channel_stats, norm_init, standardize
 from mplp_graph.ops.registry import Op, OpArgs, OpShapeError, register_op
 from mplp_graph.scalars import Int, Real
@@ -57,7 +57,6 @@ class GruArgs(OpArgs):
     matmul: Literal["float32", "bfloat16"] = _MATMUL
     first_layer: Literal["split", "rows"] = _FIRST
     chunk_rows: Int = _CHUNK
-    kernel: Literal["auto", "jax"] = Field("auto", description="the GRU cell as one compiled CPU kernel where it applies (`auto`) or as jax.numpy (`jax`); same numbers")
 
 
 class MlpArgs(OpArgs):
@@ -73,7 +72,6 @@ class MlpArgs(OpArgs):
 
 assert set(GruArgs.model_fields["matmul"].annotation.__args__) == set(MATMUL_DTYPES)
 assert set(GruArgs.model_fields["first_layer"].annotation.__args__) == set(FIRST_LAYERS)
-assert set(GruArgs.model_fields["kernel"].annotation.__args__) == set(KERNELS)
 
 
 def _matmul_dtype(args):
@@ -163,7 +161,7 @@ def _gru_apply(params, inputs, args):
     xs = _standardize(params["norm"], _channels(inputs, carry_idx), args, side)
     dtype, first = _matmul_dtype(args), args["first_layer"]
     # (b, *agents, C), in pieces of about chunk_rows agent-examples if asked
-    c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype, first, args["kernel"]), [*xs, inputs[carry_idx]], args["chunk_rows"])
+    c = chunked(lambda ts: gru_apply(params["net"], ts[:-1], ts[-1], dtype, first), [*xs, inputs[carry_idx]], args["chunk_rows"])
     msg = args["msg"]
     out = {"carry": c, "message": c[..., -msg:], **side}
     if param_idx is not None:

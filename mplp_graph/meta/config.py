@@ -36,9 +36,6 @@ class GraphConfig(_Strict):
     first_layer: Literal["split", "rows"] = "split"
     # learners over pieces of about this many agent-examples (0: whole tensors; docs/mplp.md)
     chunk_rows: Int = Field(0, ge=0)
-    # the stateful learner's cell as one compiled CPU kernel where it applies, or always jax.numpy
-    # (mplp_graph.kernels; same numbers up to float rounding)
-    kernel: Literal["auto", "jax"] = "auto"
 
     @model_validator(mode="after")
     def _file_or_template(self):

@@ -164,7 +164,7 @@ def template_spec(g: Any) -> GraphSpec:
     template, :func:`mplp_graph.templates.mplp.mplp_feedforward`)."""
     return mplp_feedforward(
         g.sizes, g.activation, g.loss, learner=g.learner, msg=g.msg, hidden=g.hidden, sharing=g.sharing,
-        out_scale_init=g.out_scale_init, matmul=g.matmul, first_layer=g.first_layer, chunk_rows=g.chunk_rows, kernel=g.kernel,
+        out_scale_init=g.out_scale_init, matmul=g.matmul, first_layer=g.first_layer, chunk_rows=g.chunk_rows,
     )
 
 

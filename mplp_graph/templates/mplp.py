@@ -48,7 +48,6 @@ def learner_arrow(
     name: str, src: str, dst: str, inputs, *, learner: str, msg: int, hidden: int, standardize: str,
     out_scale_init: float, param: str | None = None, map: str | None = None, into: str | None = "m",
     share=None, updates=None, matmul: str = "float32", first_layer: str = "split", chunk_rows: int = 0,
-    kernel: str = "auto",
 ) -> ArrowSpec:
     """A backward arrow running a learner on ``[carry?] + inputs`` (the carry first for the
     stateful learner); ``param`` names the input it updates (written back through ``updates``)."""
@@ -60,8 +59,6 @@ def learner_arrow(
         args["first_layer"] = first_layer
     if chunk_rows:  # likewise
         args["chunk_rows"] = chunk_rows
-    if kernel != "auto" and stateful:  # likewise; the stateless learner has no compiled kernel
-        args["kernel"] = kernel
     ins = list(inputs)
     if stateful:
         ins = ["carry"] + ins
@@ -113,7 +110,6 @@ def mplp_feedforward(
     matmul: Literal["float32", "bfloat16"] = "float32",
     first_layer: Literal["split", "rows"] = "split",
     chunk_rows: int = 0,
-    kernel: Literal["auto", "jax"] = "auto",
     name: str | None = None,
 ) -> GraphSpec:
     """A dense net trained by a learned protocol. ``msg``: message size; ``hidden``: GRU hidden
@@ -125,9 +121,7 @@ def mplp_feedforward(
     channels (:mod:`mplp_graph.learners.nets`; same numbers up to rounding).
     ``chunk_rows``: run each learner over pieces of about this many agent-examples, each
     rematerialized (0: whole tensors; same math; slower than whole tensors on this CPU since the
-    learners run on ``(rows, features)`` matrices, docs/mplp.md).
-    ``kernel``: the stateful learner's cell as one compiled CPU kernel where it applies (``auto``)
-    or always as jax.numpy (``jax``) (:mod:`mplp_graph.kernels`; same numbers up to rounding)."""
+    learners run on ``(rows, features)`` matrices, docs/mplp.md)."""
     if sharing not in SHARING:
         raise ValueError(f"sharing must be one of {SHARING}, got {sharing!r}")
     if learner not in ("gru", "mlp"):
@@ -162,7 +156,7 @@ def mplp_feedforward(
     def learn(name, src, dst, inputs, **kw) -> ArrowSpec:
         return learner_arrow(
             name, src, dst, inputs, learner=learner, msg=msg, hidden=hidden, standardize=standardize,
-            out_scale_init=out_scale_init, matmul=matmul, first_layer=first_layer, chunk_rows=chunk_rows, kernel=kernel, **kw,
+            out_scale_init=out_scale_init, matmul=matmul, first_layer=first_layer, chunk_rows=chunk_rows, **kw,
         )
 
     def share_for(kind: str, layer_arrow: str):
