@@ -54,8 +54,8 @@ class TaskConfig(_Strict):
     """The task family: a built-in one (:data:`BUILTIN_FAMILIES`) or a user's, ``"module:callable"``
     (``callable(**keywords)`` returns a :class:`mplp_graph.tasks.base.TaskFamily`; the module is
     looked up beside the config file, then on the usual import path). ``inner_steps``, ``batch``
-    and ``cv_points`` (when set in the file, for a user family), the MNIST keys and ``args`` are
-    the family's keyword arguments."""
+    and ``cv_points`` (when set in the file, for a user family), the MNIST keys (``image_size``,
+    ``validation``, ``dataset``) and ``args`` are the family's keyword arguments."""
 
     family: str = Field("sinusoid", pattern=r"^(sinusoid|mnist|sequence|linear|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
     inner_steps: Int = Field(5, ge=1)
@@ -65,7 +65,16 @@ class TaskConfig(_Strict):
     # training images held out as the validation split (CV loss, model selection)
     image_size: Int = Field(12, ge=1, le=28)
     validation: Int = Field(5000, ge=1)
+    # MNIST only: the images, MNIST or Fashion-MNIST (same format and preprocessing, its own statistics)
+    dataset: Literal["mnist", "fashion"] = "mnist"
     args: dict[str, Any] = {}  # more keyword arguments of the family (e.g. a sequence's window length)
+
+    @model_validator(mode="after")
+    def _dataset_is_mnist_family(self):
+        if self.dataset != "mnist" and self.family != "mnist":
+            raise ValueError(f"dataset {self.dataset!r} applies to family 'mnist' only (the image tasks); found family {self.family!r}: "
+                             "remove dataset or set family: mnist")
+        return self
 
 
 # what the backward pass keeps of each inner step (mplp_graph.meta.objectives.remat_policy)

@@ -90,7 +90,7 @@ def make_family(task: Any, base_dir: Path | None = None, locate: Callable | None
     if task.family in FAMILIES:
         kwargs.update({k: getattr(task, k) for k in common})
         if task.family == "mnist":
-            kwargs.update(image_size=task.image_size, validation=task.validation)
+            kwargs.update(image_size=task.image_size, validation=task.validation, dataset=task.dataset)
     else:
         kwargs.update({k: getattr(task, k) for k in common if k in task.model_fields_set})
     kwargs.update(task.args)
