@@ -127,13 +127,25 @@ class EvalConfig(_Strict):
     """The evaluation protocol: ``runs`` runs (fresh random prior and task each) of the learned
     protocol and of each baseline, an optax optimizer on the same forward net: ``baselines``
     maps an optimizer's name to its learning rate, or to a list of rates (default ``{adam:
-    adam_lr}``)."""
+    adam_lr}``). ``tune``: each optimizer's rates are compared on the validation split and only
+    the best one is evaluated on the test split (:func:`mplp_graph.meta.run.tune_baselines`)."""
 
     runs: Int = Field(100, ge=1)
     adam_lr: Real = Field(0.01, gt=0)
     baselines: dict[Literal[BASELINES], PosReal | list[PosReal]] | None = None
     seed: Int = 12345
     split: Literal["test", "validation"] = "test"  # validation: model selection, the test set unseen
+    tune: Flag = False  # choose each baseline's rate on the validation split, report the chosen one on the test split
+
+    @model_validator(mode="after")
+    def _tune_needs_a_grid_and_the_test_split(self):
+        if self.tune and self.baselines is None:
+            raise ValueError("tune: true chooses among each optimizer's rates: give them under baselines, e.g. "
+                             "baselines: {adam: [0.001, 0.01, 0.1], sgd: [0.1, 1.0]}")
+        if self.tune and self.split != "test":
+            raise ValueError(f"tune: true chooses the rates on the validation split and reports them on the test split; found split: {self.split!r}: "
+                             "set split: test, or tune: false to compare the rates on the validation split")
+        return self
 
     def baseline_rates(self) -> list[tuple[str, float]]:
         """``(optimizer name, learning rate)`` pairs, in the config's order."""
