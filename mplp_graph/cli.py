@@ -352,13 +352,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         source = args.run_dir
     if args.tune:
         setup = _tuned_setup(setup)
+    if setup.config.eval.tune and (args.split or setup.config.eval.split) != "test":
+        raise UserError(f"eval.tune (or --tune) chooses the baselines' rates on the validation split and reports them on the test split: "
+                        f"drop --split {args.split}, or evaluate without tuning")
     out = Path(args.out or args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = f"mplp-graph eval {source}" + (f" --runs {args.runs}" if args.runs else "") + (f" --split {args.split}" if args.split else "")
     command += " --tune" if args.tune else ""
-    if setup.config.eval.tune and (args.split or setup.config.eval.split) != "test":
-        raise UserError(f"eval.tune (or --tune) chooses the baselines' rates on the validation split and reports them on the test split: "
-                        f"drop --split {args.split}, or evaluate without tuning")
     if args.transfers:
         if setup.config.task.family != "mnist" or setup.config.graph.file is not None:
             raise UserError("--transfers applies to the MNIST template configs (task.family: mnist, no graph.file) only")
