@@ -36,6 +36,7 @@ def test_chosen_rates_are_the_validation_best_and_only_they_reach_the_test_split
     assert {o: [row["lr"] for row in rows] for o, rows in tuning["grid"].items()} == {"adam": [0.1, 0.001], "sgd": [0.5, 0.01]}
     for optimizer, rows in tuning["grid"].items():  # the sinusoid's loss: lowest wins
         assert tuning["chosen"][optimizer] == min(rows, key=lambda r: r["loss_final"])["lr"]
+    assert tuning["at_grid_edge"] == {"adam": True, "sgd": True}  # two rates: either choice is an edge
     # the test split: the learned protocol and one tuned rate per optimizer, no untuned rate
     assert set(results["keys"].values()) == {"mplp", "adam_tuned", "sgd_tuned"}
     assert set(results["keys"]) == {"MPLP", f"Adam({tuning['chosen']['adam']:g}), tuned", f"SGD({tuning['chosen']['sgd']:g}), tuned"}

@@ -427,7 +427,9 @@ def tune_baselines(setup: Setup, *, runs: int | None = None) -> dict[str, Any]:
     mean over runs (MNIST: accuracy, highest; the sinusoid: loss, lowest); a rate whose runs
     diverge (a non-finite mean) is never chosen. Returns ``{"split", "seed", "runs", "metric",
     "better", "grid": {optimizer: [{"lr", "<metric>_final", "<metric>_final_std"}, ...]},
-    "chosen": {optimizer: rate}}`` (non-finite figures as None)."""
+    "chosen": {optimizer: rate}, "at_grid_edge": {optimizer: whether the chosen rate is its
+    grid's smallest or largest, so that a wider grid may do better}}`` (non-finite figures as
+    None)."""
     e = setup.config.eval
     runs = runs or e.runs
     metric = setup.family.metrics[0]
@@ -440,8 +442,9 @@ def tune_baselines(setup: Setup, *, runs: int | None = None) -> dict[str, Any]:
         grid.setdefault(name, []).append({"lr": lr, f"{metric}_final": mean if np.isfinite(mean) else None,
                                           f"{metric}_final_std": std if np.isfinite(std) else None})
     chosen = {name: best_rate(rows, f"{metric}_final", lower) for name, rows in grid.items()}
+    edge = {name: len(rows) > 1 and chosen[name] in (min(r["lr"] for r in rows), max(r["lr"] for r in rows)) for name, rows in grid.items()}
     return {"split": "validation", "seed": e.seed + 1, "runs": runs, "metric": metric, "better": "lower" if lower else "higher",
-            "grid": grid, "chosen": chosen}
+            "grid": grid, "chosen": chosen, "at_grid_edge": edge}
 
 
 def best_rate(rows: list[dict[str, Any]], field: str, lower: bool) -> float:
