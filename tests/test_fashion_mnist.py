@@ -118,3 +118,17 @@ def test_packaged_fashion_mnist(monkeypatch):
     p = mnist.preprocess(d, size=12)
     # its own statistics after the 12 x 12 resize, not MNIST's 0.1300 / 0.2903
     assert float(p["mean"]) == pytest.approx(0.2882, abs=5e-4) and float(p["std"]) == pytest.approx(0.3393, abs=5e-4)
+
+
+def test_fashion_experiment_configs_differ_only_in_the_dataset():
+    from mplp_graph.meta.config import load_experiment_config
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    fashion = load_experiment_config(root / "fashion" / "config.yaml").to_json()
+    mnist_tuned = load_experiment_config(root / "fashion" / "mnist.yaml").to_json()
+    trained = load_experiment_config(root / "mnist" / "config.yaml").to_json()
+    assert fashion["task"].pop("dataset") == "fashion" and mnist_tuned["task"].pop("dataset") == "mnist"
+    assert {k: v for k, v in fashion.items() if k != "experiment"} == {k: v for k, v in mnist_tuned.items() if k != "experiment"}
+    # the graph and tasks the MNIST learner (experiments/mnist/learner.npz) was trained with
+    assert fashion["graph"] == trained["graph"] and fashion["task"] == {k: v for k, v in trained["task"].items() if k != "dataset"}
+    assert fashion["eval"]["tune"] and fashion["eval"]["split"] == "test"
