@@ -42,11 +42,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def part_summary(doc: dict) -> dict:
-    """One data set's figures from its ``results.json`` (written by ``mplp-graph eval``)."""
+def part_summary(doc: dict, folder: str) -> dict:
+    """One data set's figures from its ``results.json``, written by ``mplp-graph eval`` into
+    ``folder`` (its ``--out``, which the recorded command leaves out)."""
     m, tuning = doc["metrics"], doc["tuning"]
     metric = tuning["metric"]
-    out = {"command": doc["command"], "git_commit": doc["git_commit"], "machine": doc["machine"], "runs": doc["runs"],
+    out = {"command": f"{doc['command']} --out {folder}", "git_commit": doc["git_commit"], "machine": doc["machine"], "runs": doc["runs"],
            "split": doc["split"], "eval_s": round(doc["wall_s"]["eval"], 1), "dataset": doc["config"]["task"]["dataset"],
            "mplp": {"mean": m[f"mplp_{metric}_final"], "std": m[f"mplp_{metric}_final_std"]}}
     for name, lr in tuning["chosen"].items():
@@ -61,7 +62,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     parts = {name: json.loads((HERE / name / "results.json").read_text()) for name in PARTS if (HERE / name / "results.json").exists()}
     if not parts:
         sys.exit("no part yet: python experiments/fashion/run.py run mnist (and fashion) first")
-    summaries = {name: part_summary(doc) for name, doc in parts.items()}
+    summaries = {name: part_summary(doc, str((HERE / name).relative_to(ROOT))) for name, doc in parts.items()}
     doc = {
         "what": "test accuracy (%) after 20 inner steps, mean and std over 100 runs (fresh random prior, 20 batches of 8 "
                 "training images, 100 test images per step), of the MNIST-trained learner experiments/mnist/learner.npz (MPLP) "
