@@ -16,7 +16,7 @@ TINY = """experiment: tiny
 graph: {sizes: [1, 8, 1], learner: mlp}
 task: {family: sinusoid, inner_steps: 2, batch: 5, cv_points: 10}
 meta: {steps: 1, outer_batch: 2, pool: 4, stats_rounds: 0}
-eval: {runs: 3, baselines: {adam: [0.1, 0.001], sgd: [0.5, 0.01]}, EXTRA}
+eval: {runs: 3, baselines: {adam: [0.1, 0.001], sgd: [0.5]}, EXTRA}
 """
 
 
@@ -33,10 +33,10 @@ def test_chosen_rates_are_the_validation_best_and_only_they_reach_the_test_split
     assert json.loads((tmp_path / "out" / "results.json").read_text())["tuning"] == doc["tuning"]
     tuning = doc["tuning"]
     assert tuning["split"] == "validation" and tuning["metric"] == "loss" and tuning["better"] == "lower" and tuning["runs"] == 3
-    assert {o: [row["lr"] for row in rows] for o, rows in tuning["grid"].items()} == {"adam": [0.1, 0.001], "sgd": [0.5, 0.01]}
+    assert {o: [row["lr"] for row in rows] for o, rows in tuning["grid"].items()} == {"adam": [0.1, 0.001], "sgd": [0.5]}
     for optimizer, rows in tuning["grid"].items():  # the sinusoid's loss: lowest wins
         assert tuning["chosen"][optimizer] == min(rows, key=lambda r: r["loss_final"])["lr"]
-    assert tuning["at_grid_edge"] == {"adam": True, "sgd": True}  # two rates: either choice is an edge
+    assert tuning["at_grid_edge"] == {"adam": True, "sgd": False}  # two rates: either is an edge; one rate: no grid
     # the test split: the learned protocol and one tuned rate per optimizer, no untuned rate
     assert set(results["keys"].values()) == {"mplp", "adam_tuned", "sgd_tuned"}
     assert set(results["keys"]) == {"MPLP", f"Adam({tuning['chosen']['adam']:g}), tuned", f"SGD({tuning['chosen']['sgd']:g}), tuned"}
@@ -56,11 +56,14 @@ def test_best_rate_direction_and_diverged_rates():
 
 def test_tune_needs_a_grid_and_the_test_split(tmp_path):
     no_grid = tmp_path / "no_grid.yaml"
-    no_grid.write_text(TINY.replace("baselines: {adam: [0.1, 0.001], sgd: [0.5, 0.01]}, EXTRA", "tune: true"))
+    no_grid.write_text(TINY.replace("baselines: {adam: [0.1, 0.001], sgd: [0.5]}, EXTRA", "tune: true"))
     with pytest.raises(ConfigError, match=r"no_grid.yaml:5:\d+ eval: .*tune: true chooses among each optimizer's rates"):
         load_experiment_config(no_grid)
     with pytest.raises(ConfigError, match=r"set split: test, or tune: false"):
         load_experiment_config(_config(tmp_path, "tune: true, split: validation"))
+    setup = load_setup(_config(tmp_path))  # the API refuses a validation-split evaluation of a tuned config
+    with pytest.raises(ConfigError, match=r"^eval.tune: true chooses .* asked for split 'validation'"):
+        evaluate(setup, setup.prog.init_params(jax.random.PRNGKey(0)), split="validation")
 
 
 def test_cli_tune_flag_refuses_the_validation_split(tmp_path, capsys):
@@ -75,7 +78,7 @@ def test_cli_tune_flag_refuses_the_validation_split(tmp_path, capsys):
     assert "drop --split validation, or evaluate without tuning" in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.json").exists()
     no_grid = tmp_path / "no_grid.yaml"
-    no_grid.write_text(TINY.replace("baselines: {adam: [0.1, 0.001], sgd: [0.5, 0.01]}, EXTRA", "adam_lr: 0.01"))
+    no_grid.write_text(TINY.replace("baselines: {adam: [0.1, 0.001], sgd: [0.5]}, EXTRA", "adam_lr: 0.01"))
     assert main(["eval", "--config", str(no_grid), "--learner", str(learner), "--out", str(tmp_path / "out"), "--tune"]) == 2
     assert "--tune eval: tune: true chooses among each optimizer's rates: give them under baselines" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything is written

@@ -413,10 +413,9 @@ def baseline_optimizers(config: ExperimentConfig) -> dict[str, tuple[str, optax.
     """``{label: (key, optimizer)}`` of the config's baselines, e.g. ``{"Adam(0.01)": ("adam",
     optax.adam(0.01))}``. ``key`` prefixes the baseline's metric names: the optimizer's name, or
     with several rates of one optimizer, name and rate (``adam_lr0.1``)."""
-    names = OPTIMIZER_NAMES
     pairs = config.eval.baseline_rates()
     count = {n: sum(1 for m, _ in pairs if m == n) for n, _ in pairs}
-    return {f"{names[n]}({lr:g})": (n if count[n] == 1 else f"{n}_lr{lr:g}", getattr(optax, n)(lr)) for n, lr in pairs}
+    return {f"{OPTIMIZER_NAMES[n]}({lr:g})": (n if count[n] == 1 else f"{n}_lr{lr:g}", getattr(optax, n)(lr)) for n, lr in pairs}
 
 
 def tune_baselines(setup: Setup, *, runs: int | None = None) -> dict[str, Any]:
