@@ -350,9 +350,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except (FileNotFoundError, MplpGraphError) as e:
             raise UserError(_user_message(e)) from None
         source = args.run_dir
+    if args.tune:
+        setup = _tuned_setup(setup)
+    if setup.config.eval.tune and (args.split or setup.config.eval.split) != "test":
+        raise UserError(f"eval.tune (or --tune) chooses the baselines' rates on the validation split and reports them on the test split: "
+                        f"drop --split {args.split}, or evaluate without tuning")
     out = Path(args.out or args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = f"mplp-graph eval {source}" + (f" --runs {args.runs}" if args.runs else "") + (f" --split {args.split}" if args.split else "")
+    command += " --tune" if args.tune else ""
     if args.transfers:
         if setup.config.task.family != "mnist" or setup.config.graph.file is not None:
             raise UserError("--transfers applies to the MNIST template configs (task.family: mnist, no graph.file) only")
@@ -365,6 +371,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     files = [str(out / name) for name in ("results.json", *pictures)]
     print(f"wrote {', '.join(files[:-1])} and {files[-1]}")
     return EXIT_OK
+
+
+def _tuned_setup(setup):
+    """``setup`` with ``eval.tune`` set (``eval --tune``), the config checked again."""
+    import dataclasses
+
+    from mplp_graph.meta.config import apply_overrides
+
+    try:
+        config = apply_overrides(setup.config, {"eval.tune": True}, source="--tune")
+    except MplpGraphError as e:
+        raise UserError(_user_message(e)) from None
+    return dataclasses.replace(setup, config=config)
 
 
 def _saved_learner(config_path: str, learner_path: str):
@@ -388,16 +407,19 @@ def _eval_mnist(setup, params, step, out, command: str, runs: int | None = None,
 
     from mplp_graph.meta.checkpoint import atomic_write_json
     from mplp_graph.meta.eval_mnist import plot_accuracy, table1
-    from mplp_graph.meta.run import baseline_optimizers, git_commit
+    from mplp_graph.meta.run import baseline_optimizers, git_commit, tune_baselines, tuned_optimizers
 
     c = setup.config
     runs = runs or c.eval.runs
-    baselines = dict(baseline_optimizers(c).values())
+    tuning = tune_baselines(setup, runs=runs) if c.eval.tune else None
+    baselines = dict((tuned_optimizers(tuning) if tuning else baseline_optimizers(c)).values())
     metrics, curves, wall = table1(setup, params, jax.random.PRNGKey(c.eval.seed), runs, baselines=baselines, runs_784=runs_784,
                                    split=c.eval.split)
     metrics["meta_steps"] = step
     doc = {"experiment": c.experiment, "command": command, "git_commit": git_commit(), "runs": runs,
            "metrics": metrics, "wall_s": wall, "curves": curves, "config": c.to_json()}
+    if tuning is not None:
+        doc["tuning"] = tuning
     atomic_write_json(out / "results.json", doc)
     plot_accuracy(curves, out / "mnist.png")
     for k, v in metrics.items():
@@ -656,6 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learner", help="learner parameters (.npz, e.g. experiments/mnist/learner.npz) for --config's graph")
     p.add_argument("--runs", type=POSITIVE, default=None, help="override eval.runs")
     p.add_argument("--split", choices=("test", "validation"), default=None, help="override eval.split (validation: model selection)")
+    p.add_argument("--tune", action="store_true", help="set eval.tune: choose each baseline's rate among eval.baselines on the validation "
+                   "split, evaluate only the chosen one on the test split (results.json records the grid)")
     p.add_argument("--transfers", action="store_true", help="MNIST: also the step activation and the (784, 100, 10) transfer (Table 1)")
     p.add_argument("--runs-784", type=NON_NEGATIVE, default=None, help="MNIST: runs of the (784, 100, 10) transfer (default: --runs; 0 skips it)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR; required with --learner)")

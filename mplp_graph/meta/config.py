@@ -54,8 +54,8 @@ class TaskConfig(_Strict):
     """The task family: a built-in one (:data:`BUILTIN_FAMILIES`) or a user's, ``"module:callable"``
     (``callable(**keywords)`` returns a :class:`mplp_graph.tasks.base.TaskFamily`; the module is
     looked up beside the config file, then on the usual import path). ``inner_steps``, ``batch``
-    and ``cv_points`` (when set in the file, for a user family), the MNIST keys and ``args`` are
-    the family's keyword arguments."""
+    and ``cv_points`` (when set in the file, for a user family), the MNIST keys (``image_size``,
+    ``validation``, ``dataset``) and ``args`` are the family's keyword arguments."""
 
     family: str = Field("sinusoid", pattern=r"^(sinusoid|mnist|sequence|linear|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
     inner_steps: Int = Field(5, ge=1)
@@ -65,7 +65,16 @@ class TaskConfig(_Strict):
     # training images held out as the validation split (CV loss, model selection)
     image_size: Int = Field(12, ge=1, le=28)
     validation: Int = Field(5000, ge=1)
+    # MNIST only: the images, MNIST or Fashion-MNIST (same format and preprocessing, its own statistics)
+    dataset: Literal["mnist", "fashion"] = "mnist"
     args: dict[str, Any] = {}  # more keyword arguments of the family (e.g. a sequence's window length)
+
+    @model_validator(mode="after")
+    def _dataset_is_mnist_family(self):
+        if self.dataset != "mnist" and self.family != "mnist":
+            raise ValueError(f"dataset {self.dataset!r} applies to family 'mnist' only (the image tasks); found family {self.family!r}: "
+                             "remove dataset or set family: mnist")
+        return self
 
 
 # what the backward pass keeps of each inner step (mplp_graph.meta.objectives.remat_policy)
@@ -118,13 +127,25 @@ class EvalConfig(_Strict):
     """The evaluation protocol: ``runs`` runs (fresh random prior and task each) of the learned
     protocol and of each baseline, an optax optimizer on the same forward net: ``baselines``
     maps an optimizer's name to its learning rate, or to a list of rates (default ``{adam:
-    adam_lr}``)."""
+    adam_lr}``). ``tune``: each optimizer's rates are compared on the validation split and only
+    the best one is evaluated on the test split (:func:`mplp_graph.meta.run.tune_baselines`)."""
 
     runs: Int = Field(100, ge=1)
     adam_lr: Real = Field(0.01, gt=0)
     baselines: dict[Literal[BASELINES], PosReal | list[PosReal]] | None = None
     seed: Int = 12345
     split: Literal["test", "validation"] = "test"  # validation: model selection, the test set unseen
+    tune: Flag = False  # choose each baseline's rate on the validation split, report the chosen one on the test split
+
+    @model_validator(mode="after")
+    def _tune_needs_a_grid_and_the_test_split(self):
+        if self.tune and self.baselines is None:
+            raise ValueError("tune: true chooses among each optimizer's rates: give them under baselines, e.g. "
+                             "baselines: {adam: [0.001, 0.01, 0.1], sgd: [0.1, 1.0]}")
+        if self.tune and self.split != "test":
+            raise ValueError(f"tune: true chooses the rates on the validation split and reports them on the test split; found split: {self.split!r}: "
+                             "set split: test, or tune: false to compare the rates on the validation split")
+        return self
 
     def baseline_rates(self) -> list[tuple[str, float]]:
         """``(optimizer name, learning rate)`` pairs, in the config's order."""

