@@ -45,7 +45,7 @@ def test_raveled_update_equals_the_per_leaf_one():
     for i in range(4):
         grads = _tree(jax.random.PRNGKey(10 + i), scale=10.0 ** (i - 2))
         p_ref, s_ref = _per_leaf(optimizer, p_ref, s_ref, MASK, grads)
-        p, s, finite = step(p, s, grads)
+        p, s, finite, _ = step(p, s, grads)
         assert bool(finite)
     for a, b in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(p_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -65,7 +65,7 @@ def test_nonfinite_gradient_or_loss_changes_nothing():
     bad = jax.tree_util.tree_map(lambda g: g, grads)
     bad["b0"]["net"]["k1"] = bad["b0"]["net"]["k1"].at[1, 1].set(jnp.nan)
     for loss, g in ((jnp.float32(1.0), bad), (jnp.float32(jnp.inf), grads)):
-        p, s, finite = outer_update(optimizer, PARAMS, s0, MASK, loss, g)
+        p, s, finite, _ = outer_update(optimizer, PARAMS, s0, MASK, loss, g)
         assert not bool(finite)
         for a, b in zip(jax.tree_util.tree_leaves((p, s)), jax.tree_util.tree_leaves((PARAMS, s0)), strict=True):
             np.testing.assert_array_equal(a, b)
@@ -113,3 +113,35 @@ def test_a_checkpoint_of_other_parameters_still_names_the_mismatch(tmp_path):
     save_checkpoint(tmp_path, 1, {"params": other, "opt_state": optimizer.init(other)}, {})
     with pytest.raises(CheckpointError, match="expected an array \"params\\['b0'\\]"):
         restore_train_state(latest_checkpoint(tmp_path), optimizer, PARAMS, init_opt_state(optimizer, PARAMS))
+
+
+def test_grad_norm_and_the_normalizations():
+    """``grad_norm`` is the masked gradient's norm; ``global`` scales the whole gradient to unit
+    norm and ``none`` leaves it: against optax's Adam on those gradients."""
+    grads = _tree(jax.random.PRNGKey(7), scale=3.0)
+    flat_mask = ravel_pytree(MASK)[0]
+    g = ravel_pytree(grads)[0] * flat_mask
+    norm = float(jnp.linalg.norm(g))
+    for mode, want in (("global", g / (norm + 1e-8)), ("none", g)):
+        optimizer = adam(1e-2)
+        s0 = init_opt_state(optimizer, PARAMS)
+        p, _, finite, grad_norm = outer_update(optimizer, PARAMS, s0, MASK, jnp.float32(1.0), grads, mode)
+        np.testing.assert_allclose(float(grad_norm), norm, rtol=1e-6)
+        updates, _ = optimizer.update(want, s0, ravel_pytree(PARAMS)[0])
+        np.testing.assert_allclose(ravel_pytree(p)[0], ravel_pytree(PARAMS)[0] + updates, rtol=1e-6, atol=1e-8)
+        assert bool(finite)
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        outer_update(adam(1e-2), PARAMS, init_opt_state(adam(1e-2), PARAMS), MASK, jnp.float32(1.0), grads, "layer")
+
+
+def test_warmup_rises_linearly_to_the_rate():
+    """Adam's first step moves an entry with a consistent gradient by about the learning rate:
+    with a warm-up of 4 steps the moves are lr/4, 2lr/4, 3lr/4, lr, lr."""
+    lr, x = 1e-2, {"w": jnp.zeros((3,), jnp.float32)}
+    opt = adam(lr, warmup=4)
+    state = opt.init(x)
+    moves = []
+    for _ in range(5):
+        u, state = opt.update({"w": jnp.ones((3,), jnp.float32)}, state, x)
+        moves.append(-float(u["w"][0]))
+    np.testing.assert_allclose(moves, [lr / 4, lr / 2, 3 * lr / 4, lr, lr], rtol=1e-4)

@@ -43,7 +43,7 @@ def _check_step(name, step_fn, params, pool, data=None):
     # the step's parts, compiled once: draw -> value_and_grad(batch_loss) -> outer update
     drawn = jax.jit(step_fn.draw)(params, pool, KEY, data)
     (loss, m), grads = jax.jit(jax.value_and_grad(step_fn.batch_loss, has_aux=True))(params, drawn)
-    new, _, finite = jax.jit(lambda *a: outer_update(step_fn.optimizer, *a))(params, step_fn.init_opt_state(params), mask, loss, grads)
+    new, _, finite, _ = jax.jit(lambda *a: outer_update(step_fn.optimizer, *a))(params, step_fn.init_opt_state(params), mask, loss, grads)
     assert bool(finite)
     np.testing.assert_allclose(float(loss), GOLDEN[f"{name}/loss"], rtol=2e-6)
     np.testing.assert_allclose(float(m["cv"]), GOLDEN[f"{name}/cv"], rtol=2e-6)

@@ -88,6 +88,10 @@ class MetaConfig(_Strict):
     lr: Real = Field(1e-4, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from lr down to lr_final over `steps`
     lr_final: Real = Field(1e-5, gt=0)
+    lr_warmup: Int = Field(0, ge=0)  # steps of linear warm-up of the learning rate (from lr / lr_warmup)
+    # the meta-gradient before Adam: each leaf scaled to unit norm (the paper's), the whole
+    # gradient, or left as it is (mplp_graph.meta.step.outer_update; docs/mplp.md)
+    grad_normalize: Literal["per_leaf", "global", "none"] = "per_leaf"
     hint_weight: Real = 0.7
     cv_weight: Real = 0.3
     stats_rounds: Int = Field(1, ge=0)

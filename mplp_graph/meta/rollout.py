@@ -181,7 +181,7 @@ class RolloutStep(StepFunction):
         final states written back (left as it was when the step was not finite)."""
         drawn = self.draw(params, pool, key, data)
         (loss, (parts, final)), grads = jax.value_and_grad(self._loss, has_aux=True)(params, drawn)
-        params, opt_state, finite = outer_update(self.optimizer, params, opt_state, mask, loss, grads)
+        params, opt_state, finite, _ = outer_update(self.optimizer, params, opt_state, mask, loss, grads)
         g, f = self.target
         kept = jnp.where(finite, final, pool[g][f][drawn["idx"]])
         pool = {**pool, g: {**pool[g], f: pool[g][f].at[drawn["idx"]].set(kept)}}

@@ -315,7 +315,7 @@ def initial_params(setup: Setup) -> Any:
 
 def optimizer(config: ExperimentConfig):
     m = config.meta
-    return adam(m.lr, m.lr_schedule, m.steps, m.lr_final)
+    return adam(m.lr, m.lr_schedule, m.steps, m.lr_final, m.lr_warmup)
 
 
 def write_run_config(setup: Setup, run_dir: Path) -> None:
@@ -376,7 +376,7 @@ def meta_step(setup: Setup) -> MetaStep:
         prog = prog.shard_agents(mesh, dict(m.shard_agents))
     return MetaStep(
         prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight, m.remat, m.unroll), m.outer_batch, optimizer(setup.config), mesh,
-        FAST_COMPILE if m.fast_compile else (), m.outer_batch_mode,
+        FAST_COMPILE if m.fast_compile else (), m.outer_batch_mode, m.grad_normalize,
     )
 
 

@@ -99,26 +99,41 @@ def _check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, fl
         )
 
 
-def outer_update(
-    optimizer: optax.GradientTransformation, params: Any, opt_state: Any, mask: Any, loss: Any, grads: Any
-) -> tuple[Any, Any, Any]:
-    """Mask, normalize per leaf (:func:`normalize_per_leaf`), ``optimizer``; a non-finite loss or
-    gradient leaves everything as it was (docs/mplp.md, meta-training). Computed on the raveled
-    parameters; ``opt_state`` comes from :func:`init_opt_state`.
+# how the meta-gradient is scaled before the optimizer: per leaf to unit norm (the paper's "normalize
+# the gradients for each optimizer parameter", reference-notes 5.2), all leaves together to unit
+# norm, or not at all
+GRAD_NORMALIZE = ("per_leaf", "global", "none")
 
-    Returns ``(params, opt_state, finite)``. A masked leaf gets a zero gradient, hence a zero
-    Adam update: it stays bitwise at its value."""
+
+def outer_update(
+    optimizer: optax.GradientTransformation, params: Any, opt_state: Any, mask: Any, loss: Any, grads: Any,
+    normalize: str = "per_leaf",
+) -> tuple[Any, Any, Any, Any]:
+    """Mask, normalize (``normalize``: :data:`GRAD_NORMALIZE`; per leaf by default,
+    :func:`normalize_per_leaf`), ``optimizer``; a non-finite loss or gradient leaves everything
+    as it was (docs/mplp.md, meta-training). Computed on the raveled parameters; ``opt_state``
+    comes from :func:`init_opt_state`.
+
+    Returns ``(params, opt_state, finite, grad_norm)``, ``grad_norm`` the L2 norm of the masked
+    meta-gradient before normalization (a diagnostic of meta-training, docs/mplp.md). A masked
+    leaf gets a zero gradient, hence a zero Adam update: it stays bitwise at its value."""
+    if normalize not in GRAD_NORMALIZE:
+        raise ValueError(f"normalize must be one of {GRAD_NORMALIZE}, got {normalize!r}")
     flat, unravel = _ravel(params)
     _check_opt_state(optimizer, opt_state, flat)
     seg, n_leaves = _leaf_segments(params)
     g = _ravel(grads)[0] * _ravel(mask)[0]
-    sq = jax.ops.segment_sum(g * g, seg, num_segments=n_leaves, indices_are_sorted=True)
-    g = g / (jnp.sqrt(sq) + 1e-8)[seg]
+    grad_norm = jnp.sqrt(jnp.sum(g * g))
+    if normalize == "per_leaf":
+        sq = jax.ops.segment_sum(g * g, seg, num_segments=n_leaves, indices_are_sorted=True)
+        g = g / (jnp.sqrt(sq) + 1e-8)[seg]
+    elif normalize == "global":
+        g = g / (grad_norm + 1e-8)
     finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(g))
     updates, new_opt = optimizer.update(g, opt_state, flat)
     new_flat = jnp.where(finite, optax.apply_updates(flat, updates), flat)
     new_opt = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_opt, opt_state)
-    return unravel(new_flat), new_opt, finite
+    return unravel(new_flat), new_opt, finite, grad_norm
 
 
 class StepFunction:
@@ -136,6 +151,7 @@ class StepFunction:
     optimizer: optax.GradientTransformation
     outer_batch: int
     compiler_options: tuple = ()  # XLA options for compiling the step (mplp_graph.xla.jit)
+    grad_normalize: str = "per_leaf"  # outer_update's normalize (GRAD_NORMALIZE)
 
     def draw(self, params: Any, pool: Any, key: Any, data: Any) -> dict[str, Any]:
         raise NotImplementedError
@@ -160,13 +176,14 @@ class StepFunction:
 
     def __call__(self, params: Any, opt_state: Any, mask: Any, pool: Any, key: Any, data: Any = None):
         """One meta-step: ``(params, opt_state, metrics)``; ``metrics`` holds ``loss``, the
-        parts of :meth:`batch_loss` and ``finite`` (False: the step was not applied). ``data``:
+        parts of :meth:`batch_loss`, ``finite`` (False: the step was not applied) and
+        ``grad_norm`` (the meta-gradient's L2 norm before normalization). ``data``:
         the task family's arrays (``family.load()``), an argument rather than constants baked
         into the compiled program."""
         drawn = self.draw(params, pool, key, data)
         (loss, parts), grads = jax.value_and_grad(self.batch_loss, has_aux=True)(params, drawn)
-        params, opt_state, finite = outer_update(self.optimizer, params, opt_state, mask, loss, grads)
-        return params, opt_state, {"loss": loss, **parts, "finite": finite}
+        params, opt_state, finite, grad_norm = outer_update(self.optimizer, params, opt_state, mask, loss, grads, self.grad_normalize)
+        return params, opt_state, {"loss": loss, **parts, "finite": finite, "grad_norm": grad_norm}
 
 
 @dataclass(frozen=True)
@@ -187,9 +204,12 @@ class MetaStep(StepFunction):
     # the outer batch's tasks vmapped, one after another ("map"), or "auto": map on the CPU, vmap
     # elsewhere (mplp_graph.meta.batching); with a mesh they are vmapped (and split over its devices)
     outer_batch_mode: str = "auto"
+    grad_normalize: str = "per_leaf"  # outer_update's normalize (GRAD_NORMALIZE)
 
     def __post_init__(self):
         batching.resolve(self.outer_batch_mode)  # a known mode
+        if self.grad_normalize not in GRAD_NORMALIZE:
+            raise ValueError(f"grad_normalize must be one of {GRAD_NORMALIZE}, got {self.grad_normalize!r}")
         if self.mesh is not None and self.outer_batch_mode == "map":
             raise ValueError("outer_batch_mode='map' runs the tasks one after another, a mesh splits them over its devices; "
                              "use 'vmap' or 'auto' with a mesh")
@@ -225,12 +245,17 @@ class MetaStep(StepFunction):
         return self.prog, params, drawn["priors"]
 
 
-def adam(lr: float, schedule: str = "constant", steps: int = 1, lr_final: float = 1e-5) -> optax.GradientTransformation:
-    """Adam with the Keras epsilon; optionally a cosine decay of the learning rate over ``steps``."""
+def adam(lr: float, schedule: str = "constant", steps: int = 1, lr_final: float = 1e-5, warmup: int = 0) -> optax.GradientTransformation:
+    """Adam with the Keras epsilon; optionally a cosine decay of the learning rate over ``steps``,
+    and a linear warm-up: step ``n < warmup`` (from 0) at ``lr * (n + 1) / warmup``."""
     if schedule == "cosine":
         rate = optax.cosine_decay_schedule(lr, steps, alpha=lr_final / lr)
-        return optax.adam(rate, b1=0.9, b2=0.999, eps=ADAM_EPS)
-    return optax.adam(lr, b1=0.9, b2=0.999, eps=ADAM_EPS)
+    else:
+        rate = lr  # a constant: the optimizer state holds no schedule count
+    if warmup:
+        after = rate if callable(rate) else optax.constant_schedule(lr)
+        rate = optax.join_schedules([optax.linear_schedule(lr / warmup, lr, max(warmup - 1, 1)), after], [warmup])
+    return optax.adam(rate, b1=0.9, b2=0.999, eps=ADAM_EPS)
 
 
 def make_pool(prog: Program, key: Any, size: int) -> Any:
