@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     m = config.meta
     pools = stack([make_pool(setup.prog, jax.random.PRNGKey(s + 1), m.pool) for s in args.seeds])
     keys = stack([jax.random.PRNGKey(s + 2) for s in args.seeds])
-    mask = trainable_mask(runs[0])
+    mask = trainable_mask(runs[0], freeze=config.meta.freeze)
     print(f"setup {time.perf_counter() - t0:.1f} s; {len(args.seeds)} runs on {jax.devices()[0]}", flush=True)
     t1 = time.perf_counter()
     step_fn, mesh = meta_step(setup), None

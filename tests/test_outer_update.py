@@ -12,7 +12,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from mplp_graph.meta.checkpoint import CheckpointError, latest_checkpoint, save_checkpoint
-from mplp_graph.meta.step import adam, init_opt_state, normalize_per_leaf, outer_update
+from mplp_graph.meta.step import adam, init_opt_state, normalize_per_leaf, outer_update, trainable_mask
 from mplp_graph.meta.train import restore_train_state
 
 
@@ -145,3 +145,21 @@ def test_warmup_rises_linearly_to_the_rate():
         u, state = opt.update({"w": jnp.ones((3,), jnp.float32)}, state, x)
         moves.append(-float(u["w"][0]))
     np.testing.assert_allclose(moves, [lr / 4, lr / 2, 3 * lr / 4, lr, lr], rtol=1e-4)
+
+
+def test_freeze_masks_named_leaves_and_names_unknown_ones():
+    mask = trainable_mask(PARAMS, freeze=("out_scale",))
+    assert float(mask["W0"]["norm"]["out_scale"]) == 0.0 and float(mask["W0"]["norm"]["in_mean"].sum()) == 0.0  # a statistic: always frozen
+    assert float(mask["W0"]["net"]["k1"].min()) == 1.0 and float(mask["b0"]["net"]["k1"].min()) == 1.0
+    with pytest.raises(ValueError, match=r"no parameter is named 'out_scal'.*out_scale"):
+        trainable_mask(PARAMS, freeze=("out_scal",))
+
+
+def test_a_bad_freeze_name_is_a_located_config_error(tmp_path):
+    from mplp_graph.errors import ConfigError
+    from mplp_graph.meta.config import apply_overrides, load_experiment_config
+    from mplp_graph.meta.run import build
+
+    config = apply_overrides(load_experiment_config("experiments/sinusoid/config.yaml"), {"meta.freeze": ["out_scal"]})
+    with pytest.raises(ConfigError, match=r"meta\.freeze.*no parameter is named 'out_scal'"):
+        build(config)

@@ -92,6 +92,8 @@ class MetaConfig(_Strict):
     # the meta-gradient before Adam: each leaf scaled to unit norm (the paper's), the whole
     # gradient, or left as it is (mplp_graph.meta.step.outer_update; docs/mplp.md)
     grad_normalize: Literal["per_leaf", "global", "none"] = "per_leaf"
+    # learner parameters kept at their initial values, by name (e.g. [out_scale]; trainable_mask)
+    freeze: tuple[str, ...] = ()
     hint_weight: Real = 0.7
     cv_weight: Real = 0.3
     stats_rounds: Int = Field(1, ge=0)

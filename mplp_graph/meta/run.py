@@ -225,6 +225,11 @@ def build(config: ExperimentConfig, *, data: Any = None, base_dir: str | Path | 
     family = make_family(config.task, base, loc)
     prog, fwd = _graph_file(config.graph, base, loc) if config.graph.file is not None else _template(config.graph)
     check_devices(config, loc, prog)
+    if config.meta.freeze:
+        try:  # the names must exist in the learners' parameters (shapes only: nothing is initialised)
+            trainable_mask(jax.eval_shape(prog.init_params, jax.random.PRNGKey(0)), freeze=config.meta.freeze)
+        except ValueError as e:
+            raise ConfigError(f"{e}; fix meta.freeze", loc("meta.freeze")) from None
     if data is None:
         data = family.load()
     check_task_fits_graph(prog, family, data, loc)
@@ -359,7 +364,7 @@ def train(config: ExperimentConfig | Setup, run_dir: str | Path, *, resume: bool
         step_fn = meta_step(setup)
         pool = make_pool(setup.prog, jax.random.PRNGKey(m.seed + 1), m.pool)  # meta_train replicates them over a mesh
     return meta_train(
-        step_fn, params, trainable_mask(params), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
+        step_fn, params, trainable_mask(params, freeze=m.freeze), pool, jax.random.PRNGKey(m.seed + 2), m.steps, run_dir,
         checkpoint_every=m.checkpoint_every, resume=resume, progress=progress,
         meta={"experiment": config.experiment, "config": config.to_json()}, data=setup.data,
     )

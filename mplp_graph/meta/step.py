@@ -37,16 +37,25 @@ FROZEN_STATS = ("in_mean", "in_norm", "out_mean")  # only out_scale among the no
 ADAM_EPS = 1e-7  # the Keras default used by the reference (notes 8)
 
 
-def trainable_mask(params: Any, train_g: bool = True) -> Any:
-    """1.0 for meta-trained leaves, 0.0 for frozen ones (standardizer statistics; and g when
-    ``train_g`` is False, as in the reference's MAML run where g never reached the optimizer)."""
+def trainable_mask(params: Any, train_g: bool = True, freeze: tuple[str, ...] = ()) -> Any:
+    """1.0 for meta-trained leaves, 0.0 for frozen ones (standardizer statistics; g when
+    ``train_g`` is False, as in the reference's MAML run where g never reached the optimizer;
+    and every leaf whose path holds a name of ``freeze``, e.g. ``("out_scale",)``: kept at its
+    initial value). A name of ``freeze`` that no leaf's path holds raises ValueError."""
+    seen: set[str] = set()
 
     def leaf(path, x):
         names = [getattr(p, "key", None) for p in path]
-        frozen = any(n in FROZEN_STATS for n in names) or (not train_g and "g" in names)
+        seen.update(n for n in names if n in freeze)
+        frozen = any(n in FROZEN_STATS or n in freeze for n in names) or (not train_g and "g" in names)
         return jnp.asarray(np.full(np.shape(x), 0.0 if frozen else 1.0, np.float32))  # no XLA program per leaf
 
-    return jax.tree_util.tree_map_with_path(leaf, params)
+    mask = jax.tree_util.tree_map_with_path(leaf, params)
+    unknown = sorted(set(freeze) - seen)
+    if unknown:
+        names = sorted({getattr(p, "key", "") for path, _ in jax.tree_util.tree_flatten_with_path(params)[0] for p in path[-2:]})
+        raise ValueError(f"freeze: no parameter is named {', '.join(map(repr, unknown))}; the learners' parameter names include {', '.join(n for n in names if n)}")
+    return mask
 
 
 def normalize_per_leaf(grads: Any) -> Any:
