@@ -1,0 +1,96 @@
+"""Collect the robustness study (experiments/robust/README.md) into results.json and curves.png.
+
+    python experiments/robust/summarize.py
+
+Reads every sweep folder under experiments/robust/sweeps/ (``metrics.jsonl``, ``sweep.json``,
+``config.yaml`` copied from the run folders of ``experiments/sweep.py``), the initial
+meta-gradient measurement ``snr.json`` (experiments/robust/snr.py) and the tuned baselines of
+experiments/fashion/results.json. Per run: the meta-loss and its hint and CV parts averaged over the
+first and the last 50 steps (their logged rows), and the first step at which the mean CV loss (held-out
+points after the inner steps: what generalizes) over the 50 steps before it is below
+``chance - 0.01`` (chance: the CE/10 of a uniform guess over 10 classes, ln(10)/10; reference-notes
+5.1), or None when the run never got there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CHANCE = math.log(10) / 10
+WINDOW = 50
+
+
+def trailing_mean(steps: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """At each logged step, the mean of the values logged in the ``WINDOW`` steps up to it."""
+    return np.array([v[(steps > s - WINDOW) & (steps <= s)].mean() for s in steps])
+
+
+def run_summary(steps: np.ndarray, parts: dict[str, np.ndarray]) -> dict:
+    """``parts``: one run's logged ``loss``, ``hint`` and ``cv``."""
+    first, last = steps <= steps[0] + WINDOW - 1, steps > steps[-1] - WINDOW
+    out: dict = {"steps": int(steps[-1])}
+    for name, v in parts.items():
+        out[f"first_{name}"] = round(float(v[first].mean()), 5)
+        out[f"last_{name}"] = round(float(v[last].mean()), 5)
+    mean = trailing_mean(steps, parts["cv"])
+    below = np.nonzero((mean < CHANCE - 0.01) & (steps >= steps[0] + WINDOW - 1))[0]
+    out["cv_left_chance_at"] = int(steps[below[0]]) if len(below) else None
+    return out
+
+
+def load_sweep(folder: Path) -> dict:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    sweep = json.loads((folder / "sweep.json").read_text())
+    steps = np.array([r["step"] for r in rows])
+    parts = {k: np.array([r[k] for r in rows], dtype=float) for k in ("loss", "hint", "cv")}  # (logged steps, runs)
+    return {"command": sweep.get("command"), "note": sweep.get("train_note"), "seeds": sweep["seeds"], "steps": steps, **parts}
+
+
+def main() -> int:
+    sweeps = {p.name: load_sweep(p) for p in sorted((HERE / "sweeps").iterdir()) if (p / "metrics.jsonl").exists()}
+    out = {"chance": CHANCE, "window": WINDOW, "sweeps": {}}
+    for name, s in sweeps.items():
+        out["sweeps"][name] = {"command": s["command"], "note": s["note"], "runs": {
+            str(seed): run_summary(s["steps"], {p: s[p][:, k] for p in ("loss", "hint", "cv")}) for k, seed in enumerate(s["seeds"])}}
+    snr = HERE / "snr.json"
+    if snr.exists():
+        out["initial_meta_gradient"] = json.loads(snr.read_text())
+    fashion = HERE.parent / "fashion" / "results.json"
+    if fashion.exists():
+        m = json.loads(fashion.read_text())["metrics"]
+        out["baselines"] = {"adam_tuned_acc20": m["mnist_adam_tuned_acc20"], "sgd_tuned_acc20": m["mnist_sgd_tuned_acc20"],
+                            "fashion_mplp_acc20": m["fashion_mplp_acc20"], "fashion_adam_tuned_acc20": m["fashion_adam_tuned_acc20"],
+                            "fashion_sgd_tuned_acc20": m["fashion_sgd_tuned_acc20"], "source": "experiments/fashion/results.json"}
+    from mplp_graph.meta.checkpoint import atomic_write_json
+
+    atomic_write_json(HERE / "results.json", out)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(sweeps), figsize=(4.2 * len(sweeps), 6.4), squeeze=False)
+    for col, (name, s) in enumerate(sweeps.items()):
+        for row, part in enumerate(("hint", "cv")):
+            ax = axes[row][col]
+            for k, seed in enumerate(s["seeds"]):
+                ax.plot(s["steps"], trailing_mean(s["steps"], s[part][:, k]), label=f"seed {seed}")
+            ax.axhline(CHANCE, color="gray", lw=0.8, ls="--")
+            ax.set_title(f"{name}: {part}", fontsize=9)
+            ax.set_xlabel("meta-step")
+            ax.set_ylabel(f"mean over {WINDOW} steps")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "curves.png", dpi=110)
+    print(json.dumps(out["sweeps"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
