@@ -186,3 +186,31 @@ def test_resume_is_bitwise_identical(tiny_meta, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert [h["loss"] for h in hist_full] == [h["loss"] for h in hist_res]
     assert [h["step"] for h in hist_res] == [1, 2, 3, 4]
+
+
+def test_hint_on_the_next_batch():
+    """``hint="next"``: after inner step i, the loss on batch i + 1 (k - 1 values); the nets are
+    the same as with ``"current"``, whose hint after step i is the loss on batch i."""
+    from mplp_graph.meta.objectives import inner_loop, predict_loss
+
+    prog = mg.compile_graph(mplp_feedforward(**TINY))
+    params = prog.init_params(jax.random.PRNGKey(0))
+    prior = agent_params(prog.spec, prog.init(jax.random.PRNGKey(1), 1))
+    family = SinusoidFamily(inner_steps=3, batch=4, cv_points=6)
+    task = family.sample(jax.random.PRNGKey(2), None)
+    xt, yt = task["xt"], task["yt"]
+    state_c, cur = inner_loop(prog, params, prior, xt, yt, remat=False)
+    state_n, nxt = inner_loop(prog, params, prior, xt, yt, remat=False, hint="next")
+    assert cur.shape == (3,) and nxt.shape == (2,)
+    for a, b in zip(jax.tree_util.tree_leaves(state_c), jax.tree_util.tree_leaves(state_n), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # the nets after steps 1 and 2: rerun the loop on the first 1 and 2 batches
+    for i in range(2):
+        state_i, _ = inner_loop(prog, params, prior, xt[: i + 1], yt[: i + 1], remat=False)
+        np.testing.assert_allclose(nxt[i], predict_loss(prog, params, state_i, xt[i + 1], yt[i + 1]), rtol=1e-6)
+        np.testing.assert_allclose(cur[i], predict_loss(prog, params, state_i, xt[i], yt[i]), rtol=1e-6)
+    assert not np.allclose(nxt, cur[:2])
+    with pytest.raises(ValueError, match="at least 2 inner steps"):
+        inner_loop(prog, params, prior, xt[:1], yt[:1], hint="next")
+    with pytest.raises(ValueError, match="hint must be one of"):
+        MetaLoss(hint="previous")

@@ -4,12 +4,14 @@
 
 Reads every sweep folder under experiments/robust/sweeps/ (``metrics.jsonl``, ``sweep.json``,
 ``config.yaml`` copied from the run folders of ``experiments/sweep.py``), the initial
-meta-gradient measurement ``snr.json`` (experiments/robust/snr.py) and the tuned baselines of
-experiments/fashion/results.json. Per run: the meta-loss and its hint and CV parts averaged over the
-first and the last 50 steps (their logged rows), and the first step at which the mean CV loss (held-out
-points after the inner steps: what generalizes) over the 50 steps before it is below
-``chance - 0.01`` (chance: the CE/10 of a uniform guess over 10 classes, ln(10)/10; reference-notes
-5.1), or None when the run never got there.
+meta-gradient measurement ``snr.json`` (experiments/robust/snr.py), and the figures the study
+is to move as they stand (experiments/mnist/results.json, experiments/fashion/results.json).
+
+Per run: the meta-loss and its hint and CV parts averaged over the first and the last 50 steps
+(their logged rows), and ``cv_left_chance_at``: the first step at which the mean CV loss (the
+held-out points after the inner steps: what generalizes) over the 50 steps before it, 10 logged
+rows at least, is below chance - 0.01 (chance: the CE/10 of a uniform guess over 10 classes,
+ln(10)/10; reference-notes 5.1), or None when the run never got there.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def run_summary(steps: np.ndarray, parts: dict[str, np.ndarray]) -> dict:
         out[f"first_{name}"] = round(float(v[first].mean()), 5)
         out[f"last_{name}"] = round(float(v[last].mean()), 5)
     mean = trailing_mean(steps, parts["cv"])
-    below = np.nonzero((mean < CHANCE - 0.01) & (steps >= steps[0] + WINDOW - 1))[0]
+    rows = np.array([np.sum((steps > s - WINDOW) & (steps <= s)) for s in steps])  # the CV of 8 images is noisy: 10 rows at least
+    below = np.nonzero((mean < CHANCE - 0.01) & (rows >= 10))[0]
     out["cv_left_chance_at"] = int(steps[below[0]]) if len(below) else None
     return out
 
@@ -60,12 +63,19 @@ def main() -> int:
     snr = HERE / "snr.json"
     if snr.exists():
         out["initial_meta_gradient"] = json.loads(snr.read_text())
-    fashion = HERE.parent / "fashion" / "results.json"
-    if fashion.exists():
-        m = json.loads(fashion.read_text())["metrics"]
-        out["baselines"] = {"adam_tuned_acc20": m["mnist_adam_tuned_acc20"], "sgd_tuned_acc20": m["mnist_sgd_tuned_acc20"],
-                            "fashion_mplp_acc20": m["fashion_mplp_acc20"], "fashion_adam_tuned_acc20": m["fashion_adam_tuned_acc20"],
-                            "fashion_sgd_tuned_acc20": m["fashion_sgd_tuned_acc20"], "source": "experiments/fashion/results.json"}
+    # the figures the study is to move, as they stand: the learner of experiments/mnist (an earlier
+    # sweep, not four seeds chosen in advance) and the tuned baselines of experiments/fashion
+    fashion = json.loads((HERE.parent / "fashion" / "results.json").read_text())["metrics"]
+    mnist = json.loads((HERE.parent / "mnist" / "results.json").read_text())["metrics"]
+    out["metrics"] = {
+        "seeds_above_45": None,  # the 4-seed, 2,000-step protocol was not run (README, "Not done")
+        "best_test_acc20": mnist["mplp_acc20"], "step_transfer_acc20": mnist["step_acc20"], "transfer784_acc20": mnist["784_acc20"],
+        "adam_tuned_acc20": fashion["mnist_adam_tuned_acc20"], "sgd_tuned_acc20": fashion["mnist_sgd_tuned_acc20"],
+        "fashion_mplp_acc20": fashion["fashion_mplp_acc20"], "fashion_adam_tuned_acc20": fashion["fashion_adam_tuned_acc20"],
+        "fashion_sgd_tuned_acc20": fashion["fashion_sgd_tuned_acc20"],
+    }
+    out["metrics_sources"] = {"best_test_acc20, step_transfer_acc20, transfer784_acc20": "experiments/mnist/results.json (one learner of an earlier sweep)",
+                              "*_tuned_acc20, fashion_mplp_acc20": "experiments/fashion/results.json"}
     from mplp_graph.meta.checkpoint import atomic_write_json
 
     atomic_write_json(HERE / "results.json", out)

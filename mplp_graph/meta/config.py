@@ -95,6 +95,9 @@ class MetaConfig(_Strict):
     # learner parameters kept at their initial values, by name (e.g. [out_scale]; trainable_mask)
     freeze: tuple[str, ...] = ()
     hint_weight: Real = 0.7
+    # the hint loss after each inner step on the batch just used (the paper's) or on the next one
+    # (mplp_graph.meta.objectives.MetaLoss.hint; experiments/robust/README.md)
+    hint: Literal["current", "next"] = "current"
     cv_weight: Real = 0.3
     stats_rounds: Int = Field(1, ge=0)
     stats_mix: Real = Field(1.0, ge=0, le=1)
@@ -191,6 +194,13 @@ class ExperimentConfig(_Strict):
     meta: MetaConfig = MetaConfig()
     eval: EvalConfig = EvalConfig()
     rollout: RolloutConfig | None = None  # given: train by backpropagation through rollouts (no task family)
+
+    @model_validator(mode="after")
+    def _next_hint_needs_two_steps(self):
+        if self.rollout is None and self.meta.hint == "next" and self.task.inner_steps < 2:
+            raise ValueError("meta.hint 'next' measures each inner step's net on the next step's batch: it needs task.inner_steps >= 2 "
+                             f"(found {self.task.inner_steps}); set meta.hint to 'current' or raise task.inner_steps")
+        return self
 
     @model_validator(mode="after")
     def _rollout_has_no_task(self):

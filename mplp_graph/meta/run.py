@@ -380,7 +380,7 @@ def meta_step(setup: Setup) -> MetaStep:
         mesh = device_mesh(*layout)
         prog = prog.shard_agents(mesh, dict(m.shard_agents))
     return MetaStep(
-        prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight, m.remat, m.unroll), m.outer_batch, optimizer(setup.config), mesh,
+        prog, setup.family.sample, MetaLoss(m.hint_weight, m.cv_weight, m.remat, m.unroll, m.hint), m.outer_batch, optimizer(setup.config), mesh,
         FAST_COMPILE if m.fast_compile else (), m.outer_batch_mode, m.grad_normalize,
     )
 
