@@ -305,7 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if job is not None and not distributed.is_main_process():
         return EXIT_OK  # process 0 reports
     last = history[-1] if history else {}
-    parts = ", ".join(f"{k} {last[k]:.5f}" for k in last if k not in ("step", "step_s", "finite"))
+    parts = ", ".join(f"{k} {last[k]:.5f}" for k in last if k not in ("step", "step_s", "finite", "grad_norm"))  # the meta-loss and its parts
     procs = f" by {job.num_processes or 'the'} processes" if job is not None else ""
     print(f"meta-trained {setup.prog.spec.name!r} to step {setup.config.meta.steps}{procs} ({parts}); metrics and checkpoints in {args.run_dir}")
     return EXIT_OK
