@@ -25,9 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-sys.path.insert(0, str(ROOT))
 
-from mplp_graph.meta.checkpoint import atomic_write_json  # noqa: E402
+from mplp_graph.meta.checkpoint import atomic_write_json
 
 PARTS = {"mnist": "mnist.yaml", "fashion": "config.yaml"}  # data set -> config (they differ only in task.dataset)
 LEARNER = "experiments/mnist/learner.npz"

@@ -11,7 +11,7 @@ Per run: the meta-loss and its hint and CV parts averaged over the first and the
 (their logged rows), and ``cv_left_chance_at``: the first step at which the mean CV loss (the
 held-out points after the inner steps: what generalizes) over the 50 steps before it, 10 logged
 rows at least, is below chance - 0.01 (chance: the CE/10 of a uniform guess over 10 classes,
-ln(10)/10; reference-notes 5.1), or None when the run never got there.
+ln(10)/10; the MNIST loss is the cross-entropy / 10, docs/mplp.md), or None when the run never got there.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def _check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, fl
 
 
 # how the meta-gradient is scaled before the optimizer: per leaf to unit norm (the paper's "normalize
-# the gradients for each optimizer parameter", reference-notes 5.2), all leaves together to unit
+# the gradients for each optimizer parameter", paper section 3.1.1), all leaves together to unit
 # norm, or not at all
 GRAD_NORMALIZE = ("per_leaf", "global", "none")
 

@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST, offline (shared/docs/data.md; reference-notes 5.5).
+"""MNIST and Fashion-MNIST, offline (paper section 4.2; docs/experiments.md).
 
 MNIST's sources, in order: a ``path`` argument or the ``MPLP_MNIST`` environment variable (a
 folder with the four IDX files, gzipped or not, or an ``mnist.npz``), else the optional package
@@ -247,7 +247,7 @@ def protocol_data(data: dict[str, np.ndarray], key: Any, runs: int, steps: int, 
 
 @dataclass(frozen=True)
 class MnistFamily:
-    """MNIST (or Fashion-MNIST) tasks (:class:`mplp_graph.tasks.base.TaskFamily`; reference-notes 5.5).
+    """MNIST (or Fashion-MNIST) tasks (:class:`mplp_graph.tasks.base.TaskFamily`; paper section 4.2).
 
     Meta-training: a task is a block of ``inner_steps * batch`` consecutive training images (one
     batch per inner step), starting at a random multiple of the block size, as the reference's
