@@ -358,11 +358,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out or args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = f"mplp-graph eval {source}" + (f" --runs {args.runs}" if args.runs else "") + (f" --split {args.split}" if args.split else "")
-    command += " --tune" if args.tune else ""
+    command += (" --tune" if args.tune else "") + (f" --out {args.out}" if args.out else "")
     if args.transfers:
         if setup.config.task.family != "mnist" or setup.config.graph.file is not None:
             raise UserError("--transfers applies to the MNIST template configs (task.family: mnist, no graph.file) only")
-        return _eval_mnist(setup, params, step, out, command + " --transfers", args.runs, args.runs_784)
+        command += " --transfers" + (f" --runs-784 {args.runs_784}" if args.runs_784 is not None else "")
+        return _eval_mnist(setup, params, step, out, command, args.runs, args.runs_784)
     results = evaluate(setup, params, runs=args.runs, split=args.split)
     doc = write_results(setup, results, out, command=command, meta_steps=step, train_s=None)
     for k, v in doc["metrics"].items():
@@ -412,7 +413,8 @@ def _eval_mnist(setup, params, step, out, command: str, runs: int | None = None,
     c = setup.config
     runs = runs or c.eval.runs
     tuning = tune_baselines(setup, runs=runs) if c.eval.tune else None
-    baselines = dict((tuned_optimizers(tuning) if tuning else baseline_optimizers(c)).values())
+    chosen = tuned_optimizers(tuning) if tuning else baseline_optimizers(c)
+    baselines = dict(chosen.values())
     metrics, curves, wall = table1(setup, params, jax.random.PRNGKey(c.eval.seed), runs, baselines=baselines, runs_784=runs_784,
                                    split=c.eval.split)
     metrics["meta_steps"] = step
@@ -421,7 +423,8 @@ def _eval_mnist(setup, params, step, out, command: str, runs: int | None = None,
     if tuning is not None:
         doc["tuning"] = tuning
     atomic_write_json(out / "results.json", doc)
-    plot_accuracy(curves, out / "mnist.png")
+    plot_accuracy(curves, out / "mnist.png", labels={key: label for label, (key, _) in chosen.items()},
+                  data={"mnist": "MNIST", "fashion": "Fashion-MNIST"}.get(c.task.dataset, c.task.dataset))
     for k, v in metrics.items():
         print(f"{k}: {v}")
     print(f"wrote {out / 'results.json'} and {out / 'mnist.png'}")

@@ -82,3 +82,19 @@ def test_cli_tune_flag_refuses_the_validation_split(tmp_path, capsys):
     assert main(["eval", "--config", str(no_grid), "--learner", str(learner), "--out", str(tmp_path / "out"), "--tune"]) == 2
     assert "--tune eval: tune: true chooses among each optimizer's rates: give them under baselines" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_accuracy_plot_names_tuned_baselines_and_the_data_set(monkeypatch, tmp_path):
+    """plot_accuracy labels curves beyond the paper's (``adam_tuned``) by the given legend text and
+    titles the figure with the data set (mplp-graph eval --transfers on Fashion-MNIST)."""
+    import matplotlib.pyplot as plt
+
+    from mplp_graph.meta.eval_mnist import plot_accuracy
+
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)  # keep the figure to read it back
+    curves = {f"{k}_acc_{s}": [10.0, 20.0] for k in ("mplp", "adam_tuned") for s in ("mean", "std")}
+    plot_accuracy(curves, tmp_path / "a.png", labels={"adam_tuned": "Adam(0.03), tuned"}, data="Fashion-MNIST")
+    (ax,) = kept[0].axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["MPLP (ours)", "Adam(0.03), tuned"]
+    assert ax.get_title().startswith("Fashion-MNIST:") and (tmp_path / "a.png").exists()

@@ -82,15 +82,18 @@ def accuracy_metrics(metrics: dict, curves: dict, name: str, acc: np.ndarray) ->
     curves[f"{name}_acc_std"] = acc.std(0).tolist()
 
 
-def plot_accuracy(curves: dict, path: Any) -> None:
-    """Like the paper's Fig. 4: mean test accuracy after each step, shaded +- std."""
+def plot_accuracy(curves: dict, path: Any, *, labels: dict[str, str] | None = None, data: str = "MNIST") -> None:
+    """Like the paper's Fig. 4: mean test accuracy after each step, shaded +- std. ``labels``
+    names curves beyond the paper's (a metric key such as ``adam_tuned`` -> its legend text);
+    ``data`` is the data set in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    labels = {"mplp": "MPLP (ours)", "step": "MPLP, step activation", "784": "MPLP, (784,100,10) 28x28", "adam": "Adam(0.01)", "sgd": "SGD(0.1)"}
+    labels = {"mplp": "MPLP (ours)", "step": "MPLP, step activation", "784": "MPLP, (784,100,10) 28x28", "adam": "Adam(0.01)", "sgd": "SGD(0.1)",
+              **(labels or {})}
     names = [k[: -len("_acc_mean")] for k in curves if k.endswith("_acc_mean")]
     for name in names:
         mu, sd = np.array(curves[f"{name}_acc_mean"]), np.array(curves[f"{name}_acc_std"])
@@ -99,7 +102,7 @@ def plot_accuracy(curves: dict, path: Any) -> None:
         ax.fill_between(steps, mu - sd, mu + sd, alpha=0.15)
     ax.set_xlabel("inner step (batch of 8)")
     ax.set_ylabel("test accuracy (%), 100 images")
-    ax.set_title("MNIST: accuracy after each step, mean +- std over runs")
+    ax.set_title(f"{data}: accuracy after each step, mean +- std over runs")
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
