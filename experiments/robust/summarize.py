@@ -4,8 +4,10 @@
 
 Reads every sweep folder under experiments/robust/sweeps/ (``metrics.jsonl``, ``sweep.json``,
 ``config.yaml`` copied from the run folders of ``experiments/sweep.py``), the initial
-meta-gradient measurement ``snr.json`` (experiments/robust/snr.py), and the figures the study
-is to move as they stand (experiments/mnist/results.json, experiments/fashion/results.json).
+meta-gradient measurement ``snr.json`` (experiments/robust/snr.py), the four-seed protocol's
+selection and test figures (``protocol/results.json``, written by experiments/mnist/run.py), the
+chosen learner on Fashion-MNIST (``protocol/fashion/``, mplp-graph eval), and the tuned baselines
+(experiments/fashion/results.json, experiments/sinusoid/tuned/results.json).
 
 Per run: the meta-loss and its hint and CV parts averaged over the first and the last 50 steps
 (their logged rows), and ``cv_left_chance_at``: the first step at which the mean CV loss (the
@@ -54,6 +56,23 @@ def load_sweep(folder: Path) -> dict:
     return {"command": sweep.get("command"), "note": sweep.get("train_note"), "seeds": sweep["seeds"], "steps": steps, **parts}
 
 
+def protocol_summary(doc: dict) -> dict:
+    """The issue's protocol from ``experiments/mnist/run.py --every-checkpoint``'s results.json:
+    each seed's validation accuracy@20 at every kept checkpoint, its best, and the chosen
+    learner's test figures."""
+    (record,) = doc["configs"]
+    seeds: dict[str, dict] = {}
+    for row in record["runs"]:
+        s = seeds.setdefault(str(row["seed"]), {"val_acc20": {}})
+        s["val_acc20"][str(row["step"])] = round(row["val_acc20"], 2)
+    for s in seeds.values():
+        step, acc = max(s["val_acc20"].items(), key=lambda kv: kv[1])
+        s["best_val_acc20"], s["best_step"] = acc, int(step)
+    return {"command": doc["command"], "sweep_commands": record["commands"], "steps_done": record["steps_done"],
+            "train_note": record["train_note"], "selected": doc["selected"], "seeds": seeds,
+            "test": {k: v for k, v in doc["metrics"].items() if k.endswith(("acc20", "acc20_std"))}}
+
+
 def main() -> int:
     sweeps = {p.name: load_sweep(p) for p in sorted((HERE / "sweeps").iterdir()) if (p / "metrics.jsonl").exists()}
     out = {"chance": CHANCE, "window": WINDOW, "sweeps": {}}
@@ -65,17 +84,30 @@ def main() -> int:
         out["initial_meta_gradient"] = json.loads(snr.read_text())
     # the figures the study is to move, as they stand: the learner of experiments/mnist (an earlier
     # sweep, not four seeds chosen in advance) and the tuned baselines of experiments/fashion
+    # the protocol's sweep (seeds 0-3 chosen in advance; experiments/robust/protocol/), the tuned
+    # baselines and the Fashion-MNIST transfer of its chosen learner, the sinusoid's tuned baselines
+    proto = protocol_summary(json.loads((HERE / "protocol" / "results.json").read_text()))
+    out["protocol"] = proto
+    test = proto["test"]
     fashion = json.loads((HERE.parent / "fashion" / "results.json").read_text())["metrics"]
-    mnist = json.loads((HERE.parent / "mnist" / "results.json").read_text())["metrics"]
+    transfer = json.loads((HERE / "protocol" / "fashion" / "results.json").read_text())["metrics"]
+    sinusoid = json.loads((HERE.parent / "sinusoid" / "tuned" / "results.json").read_text())["metrics"]
     out["metrics"] = {
-        "seeds_above_45": None,  # the 4-seed, 2,000-step protocol was not run (README, "Not done")
-        "best_test_acc20": mnist["mplp_acc20"], "step_transfer_acc20": mnist["step_acc20"], "transfer784_acc20": mnist["784_acc20"],
+        "seeds_above_45": sum(s["best_val_acc20"] >= 45 for s in proto["seeds"].values()), "seeds": len(proto["seeds"]),
+        "meta_steps": proto["steps_done"],
+        "best_test_acc20": test["mplp_acc20"], "step_transfer_acc20": test["step_acc20"], "transfer784_acc20": test["784_acc20"],
         "adam_tuned_acc20": fashion["mnist_adam_tuned_acc20"], "sgd_tuned_acc20": fashion["mnist_sgd_tuned_acc20"],
-        "fashion_mplp_acc20": fashion["fashion_mplp_acc20"], "fashion_adam_tuned_acc20": fashion["fashion_adam_tuned_acc20"],
-        "fashion_sgd_tuned_acc20": fashion["fashion_sgd_tuned_acc20"],
+        "fashion_mplp_acc20": transfer["mplp_accuracy_final"], "fashion_adam_tuned_acc20": transfer["adam_tuned_accuracy_final"],
+        "fashion_sgd_tuned_acc20": transfer["sgd_tuned_accuracy_final"],
+        "sinusoid_mplp_l2": sinusoid["mplp_loss_final"], "sinusoid_adam_tuned_l2": sinusoid["adam_tuned_loss_final"],
+        "sinusoid_sgd_tuned_l2": sinusoid["sgd_tuned_loss_final"],
     }
-    out["metrics_sources"] = {"best_test_acc20, step_transfer_acc20, transfer784_acc20": "experiments/mnist/results.json (one learner of an earlier sweep)",
-                              "*_tuned_acc20, fashion_mplp_acc20": "experiments/fashion/results.json"}
+    out["metrics_sources"] = {
+        "seeds_above_45, best_test_acc20, step_transfer_acc20, transfer784_acc20": "experiments/robust/protocol/results.json",
+        "adam_tuned_acc20, sgd_tuned_acc20": "experiments/fashion/results.json (the same test runs: seed, tasks and priors)",
+        "fashion_*": "experiments/robust/protocol/fashion/results.json",
+        "sinusoid_*": "experiments/sinusoid/tuned/results.json (the learner experiments/sinusoid/learner.npz)",
+    }
     from mplp_graph.meta.checkpoint import atomic_write_json
 
     atomic_write_json(HERE / "results.json", out)
