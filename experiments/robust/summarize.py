@@ -57,7 +57,7 @@ def load_sweep(folder: Path) -> dict:
 
 
 def protocol_summary(doc: dict) -> dict:
-    """The issue's protocol from ``experiments/mnist/run.py --every-checkpoint``'s results.json:
+    """The four-seed protocol (README, section 5) from ``experiments/mnist/run.py --every-checkpoint``'s results.json:
     each seed's validation accuracy@20 at every kept checkpoint, its best, and the chosen
     learner's test figures."""
     (record,) = doc["configs"]
