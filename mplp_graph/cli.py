@@ -409,6 +409,7 @@ def _eval_mnist(setup, params, step, out, command: str, runs: int | None = None,
     from mplp_graph.meta.checkpoint import atomic_write_json
     from mplp_graph.meta.eval_mnist import plot_accuracy, table1
     from mplp_graph.meta.run import baseline_optimizers, git_commit, tune_baselines, tuned_optimizers
+    from mplp_graph.tasks.mnist import DATASETS
 
     c = setup.config
     runs = runs or c.eval.runs
@@ -424,7 +425,7 @@ def _eval_mnist(setup, params, step, out, command: str, runs: int | None = None,
         doc["tuning"] = tuning
     atomic_write_json(out / "results.json", doc)
     plot_accuracy(curves, out / "mnist.png", labels={key: label for label, (key, _) in chosen.items()},
-                  data={"mnist": "MNIST", "fashion": "Fashion-MNIST"}.get(c.task.dataset, c.task.dataset))
+                  data=DATASETS[c.task.dataset].title)
     for k, v in metrics.items():
         print(f"{k}: {v}")
     print(f"wrote {out / 'results.json'} and {out / 'mnist.png'}")
