@@ -441,7 +441,8 @@ REFERENCE_GRAPHS = {
 
 def cmd_reference(args: argparse.Namespace) -> int:
     """Load one of the authors' published learner files into the matching graph, check its layout,
-    and save the engine's parameters as an .npz (reference-notes 6)."""
+    and save the engine's parameters as an .npz (the files are the authors' ``mplp/savedmodels/*.npy``;
+    their layout: :mod:`mplp_graph.reference`)."""
     import jax
 
     import mplp_graph as mg

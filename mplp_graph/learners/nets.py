@@ -8,8 +8,9 @@ slower than the same ops on plain rows). The first layer, ``concat(channels) @ k
 formed one of two ways (``first_layer``):
 
 * ``"split"`` (default): each channel is multiplied by its rows of the kernel at its own,
-  unreplicated shape and the products are broadcast-added into the ``(rows, out)`` matrix
-  (reference-notes 8): no replicated input is built and the first layer costs almost no FLOPs.
+  unreplicated shape and the products are broadcast-added into the ``(rows, out)`` matrix: no
+  replicated input is built (the authors' code repeats every channel to the full agent shape
+  with ``tf.repeat`` before concatenating) and the first layer costs almost no FLOPs.
 * ``"rows"``: the channels are broadcast and concatenated into one ``(rows, width)`` matrix
   (width 6 for an MNIST weight learner: 4 message + w + x), then one matmul.
 
@@ -118,7 +119,7 @@ def mlp_apply(
 
 
 # ---------------------------------------------------------------------------------------------
-# the reference's GRU block (reference-notes 2.1; paper eqs. 6-8)
+# the reference's GRU block (the authors' code, ``core.py`` ``GRUBlock``; paper eqs. 6-8)
 
 MLP_HIDDEN = (80, 40)
 
@@ -135,7 +136,8 @@ def gru_init(key: Any, x_dim: int, carry: int) -> dict[str, Any]:
         "W_reset_c": glorot_uniform(k[3], (carry, carry)),
         "b_reset": jnp.full((carry,), -1.0, jnp.float32),
         "b_next": jnp.zeros((carry,), jnp.float32),
-        # The paper says ReLU; the reference code uses tanh hidden layers and no last bias (notes 7.1).
+        # The paper says ReLU (section 3.1); the authors' core.py GRUBlock uses tanh hidden layers
+        # and no last bias.
         "next_x_net": mlp_init(k[4], (x_dim, *MLP_HIDDEN, carry), last_bias=False),
         "next_c_net": mlp_init(k[5], (carry, *MLP_HIDDEN, carry), last_bias=False),
     }

@@ -2,13 +2,15 @@
 
 An arrow running a learner lists its inputs as ``[carry?, message, *states]`` where the message
 and states are standardized channels in the reference's concatenation order (message first;
-reference-notes 1.3 and 2.4), e.g. a weight agent: ``[carry, m, w, x]`` (``param: 2`` names
-``w`` as the parameter it updates, ``carry: 0`` the recurrent carry).
+the authors' code, ``core.py`` ``ConcatenateInputsAndStates``), e.g. a weight agent:
+``[carry, m, w, x]`` (``param: 2`` names ``w`` as the parameter it updates, ``carry: 0`` the
+recurrent carry).
 
 Outputs: ``message`` (last ``msg`` carry channels, or g(x)), ``carry`` (the new carry), and for
 parameter learners ``param`` = ``p + (delta - out_mean) * out_scale`` per example; the engine
 averages it over the batch when writing the parameter (paper eq. 4). The residual update and
-the output standardization follow reference-notes 2.2 and 3.2.
+the output standardization follow the authors' code (``core.py`` ``StatefulLearner``,
+``OutStandardizer``).
 
 ``matmul: bfloat16`` rounds the operands of the learner's matmuls to bfloat16 and accumulates
 in float32 (default ``float32``); carries, parameters and messages stay float32.
@@ -18,7 +20,9 @@ in float32 (default ``float32``); carries, parameters and messages stay float32.
 whole tensors; :func:`mplp_graph.learners.nets.chunked`).
 
 ``standardize: online`` (used only by the statistics rollout) measures the statistics on the
-current tensors, uses them at once and returns them as side outputs (reference-notes 3.3).
+current tensors, uses them at once and returns them as side outputs (the ``initialize=True``
+path of the authors' ``core.py`` ``StandardizeInputsAndStates``, which ``tf_layers.py``
+``MPNetwork.minibatch_init`` runs).
 """
 
 from __future__ import annotations
@@ -215,7 +219,7 @@ def _mlp_apply(params, inputs, args):
     _, param_idx = _layout(len(inputs), args)
     side: dict[str, Any] = {}
     xs = _standardize(params["norm"], list(inputs), args, side)
-    # f and g see the same standardized input, built before the update (reference-notes 2.3)
+    # f and g see the same standardized input, built before the update (core.py ParamUpdate, MessageGenerator)
     dtype, first = _matmul_dtype(args), args["first_layer"]
     has_f = param_idx is not None
 

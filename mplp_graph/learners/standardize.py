@@ -1,4 +1,5 @@
-"""Input and output standardization (paper section 3 "Normalization"; reference-notes 3).
+"""Input and output standardization (paper section 3.1, "Normalization"; the authors' code,
+``core.py`` ``StandardizeInputsAndStates`` and ``OutStandardizer``).
 
 Input: one scalar mean and one scalar norm (1/std) per input *kind* of a learner (the message, the
 parameter, the stored forward input...): the whole tensor (all message channels, every example,
@@ -15,9 +16,10 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
-# Below this standard deviation the reference keeps norm = 1 (reference-notes 3.1).
+# Below this standard deviation the reference keeps norm = 1 (core.py StandardizeInputsAndStates).
 MIN_STD = 1e-5
-# Initial output scale: 0.2 x the nominal weight init std 0.05 (paper section 3; notes 3.2).
+# Initial output scale: 0.2 x the nominal weight init std 0.05 (paper section 3.1; the authors'
+# tf_layers.py MPDense.setup: 0.05 / 5, for the weights and the biases alike).
 OUT_SCALE_INIT = 0.2 * 0.05
 
 
