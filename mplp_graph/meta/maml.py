@@ -1,5 +1,5 @@
-"""Learning a prior (MAML) and the protocol together (paper 4.1.2, Fig. 3; reference-notes 5.4),
-and the plain MAML baseline of the same notebook.
+"""Learning a prior (MAML) and the protocol together (paper 4.1.2, Fig. 3; the authors'
+``mplp_MAML_sinusoid_2x10.ipynb``), and the plain MAML baseline of the same notebook.
 
 Both are :class:`mplp_graph.meta.step.StepFunction` s, so :func:`mplp_graph.meta.train.meta_train`
 trains them with its checkpoints, exact resume and NaN guard. ``pool`` is unused (pass
@@ -8,12 +8,14 @@ trains them with its checkpoints, exact resume and NaN guard. ``pool`` is unused
 * :class:`JointStep`: params ``{"learner": <MPLP learner params>, "prior": <agent params>}``. The
   meta-loss is the CV loss only (no hint loss) after ``k`` MPLP steps from the prior. With
   ``trainable_mask(params, train_g=False)`` the message MLPs g stay at their random init, as in the
-  authors' run (notes 2.3, 7.2); the prior leaves ``W*/w``, ``b*/b`` are never masked.
+  authors' run (their ``core.py`` ``MessageGenerator`` misspells ``trainable_weights``, so g never
+  reached their meta-optimizer); the prior leaves ``W*/w``, ``b*/b`` are never masked.
 * :class:`MamlStep`: params = the prior alone. Inner SGD ``p -= lr * grad(mean 0.5 (y - yhat)^2)``,
   one batch per step; second-order meta-gradient, or first-order with ``first_order=True``
   (the inner gradients are treated as constants, ``stop_gradient``).
 
-Both apply the reference's outer update: per-leaf gradient normalization, then Adam (notes 5.2).
+Both apply the reference's outer update: per-leaf gradient normalization, then Adam (paper 3.1.1,
+"Outer batches"; the authors' notebooks).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from mplp_graph.meta.step import StepFunction
 from mplp_graph.runtime.state import agent_params
 from mplp_graph.tasks.base import TaskFamily
 
-CV_ONLY = MetaLoss(hint_weight=0.0, cv_weight=1.0)  # h = None in the reference (notes 5.1)
-MAML_INNER_LR = 0.05  # the notebook's inner SGD rate (notes 5.4)
+CV_ONLY = MetaLoss(hint_weight=0.0, cv_weight=1.0)  # CV only: the MAML notebook's TrainingRegime has hint_loss_ratio=None
+MAML_INNER_LR = 0.05  # the inner SGD rate of the authors' mplp_MAML_sinusoid_2x10.ipynb
 
 
 def random_prior(prog: Program, key: Any) -> dict[str, dict[str, Any]]:
@@ -94,7 +96,8 @@ def initial_prior(prog: Program, key: Any) -> dict[str, dict[str, Any]]:
 
 def joint_params(prog: Program, family: TaskFamily, key: Any, stats_rounds: int = 1, stats_mix: float = 1.0) -> dict[str, Any]:
     """``{"learner", "prior"}`` at init: a random prior, and learner statistics from ``stats_rounds``
-    rollouts of ``family.inner_steps`` steps run on that prior (J=1, K=2, p=1; notes 3.3, 5.4)."""
+    rollouts of ``family.inner_steps`` steps run on that prior (J=1, K=2, p=1 in the MAML notebook;
+    :mod:`mplp_graph.meta.stats`)."""
     prior = initial_prior(prog, key)
     learner = prog.init_params(jax.random.fold_in(key, 0))
     k_stats = jax.random.fold_in(key, 2)
@@ -163,9 +166,9 @@ class MamlStep(StepFunction):
 
 
 def evaluate_maml(fwd: Program, prior: Any, family: TaskFamily, key: Any, runs: int = 100, lr: float = MAML_INNER_LR, **kw: Any) -> dict:
-    """MAML's evaluation (notes 5.4, 5.6): SGD(``lr``) from ``prior``, one step per inner batch,
-    through :func:`mplp_graph.meta.evaluate.evaluate` (the tasks of ``evaluate_mplp`` with the
-    same key)."""
+    """MAML's evaluation (the MAML notebook's baseline; docs/mplp.md, "The evaluation protocol"):
+    SGD(``lr``) from ``prior``, one step per inner batch, through
+    :func:`mplp_graph.meta.evaluate.evaluate` (the tasks of ``evaluate_mplp`` with the same key)."""
     return evaluate(Optimizer(fwd, optax.sgd(lr)), {"prior": prior}, family, fwd, key, runs, **kw)
 
 

@@ -1,6 +1,6 @@
-"""Meta-losses (paper 3.1.1, eqs. 9-12; reference-notes 5.1): hint losses after each inner step
-on the batch just used (or on the next batch: ``MetaLoss.hint``), and the cross-validation loss
-on held-out data after k steps."""
+"""Meta-losses (paper 3.1.1, eqs. 9-12; the authors' ``training.py`` ``TrainingRegime.mp_loss``):
+hint losses after each inner step on the batch just used (or on the next batch:
+``MetaLoss.hint``), and the cross-validation loss on held-out data after k steps."""
 
 from __future__ import annotations
 

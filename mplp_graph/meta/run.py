@@ -298,7 +298,7 @@ def load_setup(config_path: str | Path) -> Setup:
 
 
 def initial_params(setup: Setup) -> Any:
-    """Learner parameters with standardizer statistics from the init rollout (notes 3.3)."""
+    """Learner parameters with standardizer statistics from the init rollout (:mod:`mplp_graph.meta.stats`)."""
     m = setup.config.meta
     key = jax.random.PRNGKey(m.seed)
     params = setup.prog.init_params(key)

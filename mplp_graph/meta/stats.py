@@ -1,10 +1,12 @@
-"""Statistics of the standardizers from an initialisation rollout (reference-notes 3.3).
+"""Statistics of the standardizers from an initialisation rollout (the authors' ``tf_layers.py``
+``MPNetwork.minibatch_init`` and ``update_statistics``).
 
 J rounds; each takes a fresh prior and one task, runs K inner steps with *online*
 standardization (statistics measured on the current tensors and used at once) and the untrained
-learners, which do update the net (notes 7.11); the per-step statistics are averaged over the K
-steps (the norm averages 1/std) and mixed into the stored ones with weight p:
-``v <- (1 - p) v + p avg``. The statistics are frozen afterwards.
+learners, which do update the net (the authors' ``MPDense.backward_init`` returns the updated
+weights and biases, although its base class's docstring says it should not); the per-step
+statistics are averaged over the K steps (the norm averages 1/std) and mixed into the stored
+ones with weight p: ``v <- (1 - p) v + p avg``. The statistics are frozen afterwards.
 """
 
 from __future__ import annotations

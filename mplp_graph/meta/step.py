@@ -34,7 +34,7 @@ from mplp_graph.meta.objectives import MetaLoss, task_loss
 from mplp_graph.runtime.state import agent_params
 
 FROZEN_STATS = ("in_mean", "in_norm", "out_mean")  # only out_scale among the normalization is trained
-ADAM_EPS = 1e-7  # the Keras default used by the reference (notes 8)
+ADAM_EPS = 1e-7  # the Keras Adam default, which the authors' notebooks use
 
 
 def trainable_mask(params: Any, train_g: bool = True, freeze: tuple[str, ...] = ()) -> Any:
