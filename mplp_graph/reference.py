@@ -1,8 +1,10 @@
-"""Load the authors' published learners (reference-notes section 6) into the engine's parameters.
+"""Load the authors' published learners (their ``mplp/savedmodels/*.npy``) into the engine's
+parameters.
 
 Each published file is one flat float32 vector whose layout follows the order in which the
-reference network was built (notes 6.2-6.4): per layer in network order, then the loss, then the
-shared networks. For a dense layer, the weight learner's record then the bias learner's; each is
+reference network was built (the authors' ``tf_layers.py`` ``MPNetwork.save_weights`` flattens
+the weights and stores nothing about the layout): per layer in network order, then the loss,
+then the shared networks. For a dense layer, the weight learner's record then the bias learner's; each is
 
 * stateful, not shared: standardizer norms (one per input kind), means (stored negated), the
   GRU (``W_update_x, W_update_c, b_update, W_reset_x, W_reset_c, b_reset, b_next``, then the two
@@ -96,7 +98,7 @@ def load_reference_learner(path: str | Path, prog: Program, params: Any | None =
         n = norm_t["in_norm"].shape[0]
         norm = dict(norm_t)
         norm["in_norm"] = r.take((n,), f"{arrow}/in_norm")
-        norm["in_mean"] = -r.take((n,), f"{arrow}/in_mean")  # the reference stores -mean (notes 3.1)
+        norm["in_mean"] = -r.take((n,), f"{arrow}/in_mean")  # core.py StandardizeInputsAndStates stores -mean
         if stateful:
             net_key = keys["net"]
             if net_key == arrow:  # per-tensor learner: its GRU follows its statistics

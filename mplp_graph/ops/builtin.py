@@ -20,7 +20,7 @@ from pydantic import Field
 from mplp_graph.ops.registry import NoArgs, Op, OpArgs, OpShapeError, register_op
 from mplp_graph.scalars import Int, Real
 
-# CE clipping, as in the reference's CrossEntropyLoss (reference-notes 1.2).
+# CE clipping, as in the reference's CrossEntropyLoss (the authors' core.py).
 CE_CLIP = 1e-7
 
 
@@ -79,7 +79,7 @@ def _elementwise(name, fn, arity, doc, *, bilinear=False, differentiable=True, a
 
 
 def _step(x):
-    # max(0, sign(x)): the reference's step activation (reference-notes 5.6).
+    # max(0, sign(x)): the step activation of the authors' mplp_MNIST.ipynb (paper section 4.2).
     return jnp.maximum(0.0, jnp.sign(x))
 
 

@@ -223,12 +223,12 @@ def meta_splits(prepared: dict[str, np.ndarray], validation: int = 5_000) -> dic
     }
 
 
-TEST_SLICE = 100  # test images per evaluation step (reference-notes 5.6)
+TEST_SLICE = 100  # test images per evaluation step (docs/mplp.md, "The evaluation protocol")
 
 
 def protocol_data(data: dict[str, np.ndarray], key: Any, runs: int, steps: int, batch: int) -> dict[str, np.ndarray]:
-    """The evaluation protocol's arrays (reference-notes 5.6), per run: training blocks
-    ``(steps, batch, d)`` drawn at random without replacement (the reference's shuffled
+    """The evaluation protocol's arrays (docs/mplp.md, "The evaluation protocol"), per run:
+    training blocks ``(steps, batch, d)`` drawn at random without replacement (the reference's shuffled
     ``batch(8)`` iterator) and test slices ``(steps, 100, d)`` taken in order, cycling through
     the test set across runs and steps (the reference shares one test iterator, so 100 runs x 20
     steps see 2,000 different slices). ``data``: ``train_x/y``, ``test_x/y``."""

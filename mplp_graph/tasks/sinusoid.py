@@ -1,4 +1,4 @@
-"""Sinusoid regression tasks (paper 4.1; reference-notes 5.3): y = A sin(x + phase),
+"""Sinusoid regression tasks (paper 4.1; the authors' ``sinusoidals.py``): y = A sin(x + phase),
 A ~ U[0.1, 0.5], phase ~ U[0, pi], x ~ U[-5, 5]."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ class SinusoidFamily:
     draws one task's inner batches and held-out points (the family has no data set).
 
     ``inner_steps`` x ``batch`` training points (one batch per inner step) and ``cv_points``
-    held-out points for the cross-validation loss (the reference uses 5 x 10 = 50, notes 5.3).
+    held-out points for the cross-validation loss (the authors' ``mplp_sinusoid_5x10.ipynb`` uses
+    5 x 10 = 50).
     """
 
     inner_steps: int = 5
@@ -49,12 +50,12 @@ class SinusoidFamily:
         }
 
     def eval_grid(self, task: dict[str, Any]) -> tuple[Any, Any]:
-        """100 evenly spaced points on the domain (the evaluation protocol, notes 5.6)."""
+        """100 evenly spaced points on the domain (docs/mplp.md, "The evaluation protocol")."""
         x = jnp.linspace(self.x_range[0], self.x_range[1], self.eval_points)[:, None]
         return x, task["amp"] * jnp.sin(x + task["phase"])
 
     def eval_tasks(self, key: Any, runs: int, data: Any = None, split: str = "test") -> tuple[dict[str, Any], Any]:
-        """The evaluation protocol (notes 5.6): run ``r`` splits ``split(key, runs)[r]`` into its
+        """The evaluation protocol (docs/mplp.md): run ``r`` splits ``split(key, runs)[r]`` into its
         prior's key and its task's key; every step is measured on the same 100-point grid.
         Synthetic tasks: ``split`` makes no difference."""
         return _eval_tasks(self, key, runs)

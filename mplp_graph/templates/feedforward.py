@@ -1,4 +1,5 @@
-"""Feedforward template: a dense net as a graph of agents (paper section 3.1, reference-notes 1.4).
+"""Feedforward template: a dense net as a graph of agents (paper section 3.1; the authors'
+``tf_layers.py`` ``MPDense``).
 
 Groups per dense layer ``l`` (``n_in -> n_out``):
 
@@ -26,7 +27,7 @@ from mplp_graph.ir.spec import ArrowSpec, FieldSpec, GraphSpec, GroupSpec, OpRef
 
 ACTIVATIONS = ("sigmoid", "relu", "tanh", "step", "identity")
 LOSSES = ("l2", "ce")
-W_INIT_STD = 0.05  # reference-notes 1.2: W ~ N(0, 0.05), b = 0
+W_INIT_STD = 0.05  # W ~ N(0, 0.05), b = 0, as the authors' tf_layers.py MPDense initialises them
 
 _B = FieldSpec(batched=True)
 

@@ -2,11 +2,13 @@
 
 The forward graph is :func:`feedforward` with ``protocol="none"``. Backward arrows run a learner
 (``mplp_gru`` stateful, ``mplp_mlp`` stateless) at every agent, in the reference's routing
-(reference-notes 1.4, 1.5): loss -> (softmax) -> bias -> weights -> activation -> bias -> ...;
+(the authors' ``tf_layers.py``, ``MPNetwork._backward`` and ``MPDense._backward``):
+loss -> (softmax) -> bias -> weights -> activation -> bias -> ...;
 **weights receive their bias node's message** (``j -> i j``), weight messages are averaged over
 the fan-out (``i j -> i``, mean: paper eq. 5), and the first layer's outgoing message is dropped.
 
-Learner inputs, in the reference's concatenation order (notes 2.4):
+Learner inputs, in the reference's concatenation order (``core.py``
+``ConcatenateInputsAndStates``: the message, then the states each layer of ``tf_layers.py`` lists):
 
 =========  ===================================================
 weight     m_j (from the bias), w_ij, x_i (stored input)
@@ -17,7 +19,7 @@ L2 loss    loss_i (the first, one-dimensional message; eq. 2), pred_i, t_i, t_i 
 CE loss    loss_i, clip(p_i), t_i, log clip(p_i)
 =========  ===================================================
 
-Sharing (paper section 3, "Parameter sharing"; notes 4): ``none`` (one learner per tensor),
+Sharing (paper sections 3.1 and 4.2, "Parameter sharing"): ``none`` (one learner per tensor),
 ``layers`` (one W learner and one b learner across all dense layers, standardizers per layer, as
 the MNIST experiment) or ``layers+norm`` (standardizers shared too).
 
@@ -191,7 +193,7 @@ def mplp_feedforward(
             groups[a] = _add_fields(groups[a], m=m, **carry(c_node))
             bw.append(learn(f"{W}->{a}", W, a, ["m", "w", "x"] + g, param="w", map="i j -> i", share=share_for("W", f"{W}->{a}")))
             bw.append(learn(f"{a}->b{l - 1}", a, f"b{l - 1}", ["m", "pre"] + g))
-        else:  # the first layer's outgoing message is computed and discarded (notes 1.4)
+        else:  # the first layer's outgoing message is computed and discarded (as MPNetwork._backward does)
             bw.append(learn(f"{W}.learn", W, W, ["m", "w", "x"] + g, param="w", into=None, share=share_for("W", f"{W}.learn")))
     dims = "-".join(str(s) for s in sizes)
     return base.model_copy(

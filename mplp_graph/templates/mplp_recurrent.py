@@ -7,7 +7,7 @@ The forward graph is ``rnn(..., protocol="none")``: ``h_t = act(x_t Wx + h_{t-1}
 ``pre{t}`` per step). Backward, learners (:mod:`mplp_graph.learners.ops`) replace the messages
 of backpropagation through time, on the route BPTT's gradients take (``recurrent.py``'s
 ``protocol="backprop"``), as :func:`~mplp_graph.templates.mplp.mplp_feedforward` does for a
-dense net (paper section 3; reference-notes 1.4):
+dense net (paper section 3; the authors' ``tf_layers.py`` ``MPDense``):
 
 * the readout, once: ``loss -> bo -> Wo -> h`` (loss learner; bias learner, whose message goes
   to ``Wo`` (``j -> i j``); weight learner, whose messages reach ``h.m{T-1}`` averaged over the
@@ -23,7 +23,8 @@ dense net (paper section 3; reference-notes 1.4):
   - ``Wx.learn@t``: the input synapses' outgoing message is computed and dropped (the input
     sequence has no learner), like the first dense layer's.
 
-Learner inputs, in the reference's order (notes 2.4), per time step ``t``:
+Learner inputs, in the reference's order (message first, as ``core.py``
+``ConcatenateInputsAndStates`` builds them), per time step ``t``:
 
 ==========  ==================================  =============================================
 ``loss``    ``[carry, loss, pred, t, t - pred]`` (L2, the loss value first: paper eq. 2)
