@@ -1,5 +1,5 @@
-"""MAML + MPLP: learn the prior and a stateless protocol together (paper 4.1.2, Fig. 3;
-reference-notes 5.4), beside a MAML baseline.
+"""MAML + MPLP: learn the prior and a stateless protocol together (paper 4.1.2, Fig. 3; the
+authors' ``mplp_MAML_sinusoid_2x10.ipynb``), beside a MAML baseline.
 
     python experiments/maml/run.py --run-dir runs/maml                 # train the three (resumable) + eval
     python experiments/maml/run.py --run-dir runs/maml --only faithful --mplp-steps 500 --train-only
@@ -13,7 +13,8 @@ The recorded results (results.json ``reproduce``): ``faithful`` to 90,000 meta-s
 Methods (all from the same random prior and, for MPLP, the same learner init and statistics):
 
 * ``faithful``: learner f + out_scales + the prior are meta-trained, the message MLPs g stay at
-  their random init (as in the authors' run, notes 2.3 and 7.2);
+  their random init (as in the authors' run: their ``core.py`` ``MessageGenerator`` misspells
+  ``trainable_weights``, so g never reached the meta-optimizer);
 * ``full``: g is meta-trained too;
 * ``maml``: the prior alone, inner SGD(0.05), second-order meta-gradient;
 * ``faithful_fast`` (on request; a deviation): ``faithful`` with meta-LR 1e-3 cosine-decayed over 5,000 steps.
@@ -87,7 +88,7 @@ DEFAULT = ("faithful", "full", "maml")
 
 @dataclass(frozen=True)
 class Settings:
-    """The notebook's settings (notes 5.4) and this run's step counts."""
+    """The settings of the authors' ``mplp_MAML_sinusoid_2x10.ipynb`` and this run's step counts."""
 
     sizes: tuple[int, ...] = (1, 20, 20, 1)
     msg: int = 8
@@ -236,7 +237,7 @@ def metrics_of(res: dict, k: int) -> tuple[dict, dict]:
             window = 250
             n = len(t["cv"]) // window
             curves[f"{name}_meta_cv_per{window}"] = t["cv"][: n * window].reshape(n, window).mean(1).tolist()
-    # the issue's names (results.md): the faithful learner on random priors is the paper's check
+    # also under a method-free name: the faithful learner on random priors is the paper's check
     if "faithful_random_prior_eval_l2_step2" in metrics:
         metrics["random_prior_eval_l2_step2"] = metrics["faithful_random_prior_eval_l2_step2"]
         metrics["random_prior_eval_l2_step2_std"] = metrics["faithful_random_prior_eval_l2_step2_std"]

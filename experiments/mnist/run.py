@@ -10,8 +10,8 @@ training images held out from meta-training: inner batches from the meta-trainin
 accuracy on validation images), and the best accuracy after the last step is kept; with ``--every-checkpoint`` every checkpoint kept in the
 sweep directory (``experiments/sweep.py --keep``) competes too, which is early stopping on
 validation. The test set
-is used only for the reported numbers (reference-notes 5.6: 100 runs from fresh random priors,
-20 steps of batch 8, accuracy on the next 100 test images after each step).
+is used only for the reported numbers (docs/mplp.md, "The evaluation protocol": 100 runs from
+fresh random priors, 20 steps of batch 8, accuracy on the next 100 test images after each step).
 
 Several sweeps (configurations) can be given; each one's selection result is recorded in
 ``results.json`` under ``configs``, and the best configuration by validation is evaluated.
