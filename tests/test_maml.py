@@ -54,7 +54,7 @@ def test_gradients_reach_prior_and_f_and_g_only_in_full_mode(joint):
         moved = {k: bool(jnp.any(a != b)) for (k, a), (_, b) in zip(_leaves(new, bool), _leaves(params, bool))}
         prior = [k for k in moved if k.startswith("['prior']")]
         f = [k for k in moved if "['f']" in k]
-        # every g whose message is read; the first layer's is computed and discarded (notes 1.4)
+        # every g whose message is read; the first layer's is computed and discarded (as in the authors' code)
         g = [k for k in moved if "['g']" in k and "W0.learn" not in k]
         stats = [k for k in moved if any(s in k for s in ("in_mean", "in_norm", "out_mean"))]
         assert len(prior) == 2 * (len(SIZES) - 1) and f and g and stats
@@ -64,7 +64,7 @@ def test_gradients_reach_prior_and_f_and_g_only_in_full_mode(joint):
         assert not any(moved[k] for k in stats), "frozen standardizer statistics moved"
         if train_g:
             assert all(moved[k] for k in g), "full mode: a g leaf got no meta-gradient"
-        else:  # faithful: g stays bitwise at its random init (the authors' run, notes 2.3)
+        else:  # faithful: g stays bitwise at its random init (the authors' run; docs/experiments.md, MAML + MPLP)
             assert not any(moved[k] for k in g)
         assert not any(moved[k] for k in moved if "['W0.learn']['g']" in k)  # no gradient reaches it
 

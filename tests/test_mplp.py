@@ -23,7 +23,8 @@ FAMILY = SinusoidFamily(inner_steps=2, batch=4, cv_points=6)
 
 def test_reference_parameter_counts():
     """The engine's learners have exactly as many numbers as the published learner files
-    (reference-notes 6.1): 115,081 (sinusoid), 46,829 (MNIST, shared W/b), 64,422 (MAML, stateless)."""
+    (the authors' ``mplp/savedmodels/*.npy``): 115,081 (sinusoid), 46,829 (MNIST, shared W/b),
+    64,422 (MAML, stateless)."""
     cases = [
         (dict(sizes=(1, 20, 20, 1)), 115_081),
         (dict(sizes=(144, 50, 10), activation="sigmoid", loss="ce", msg=4, hidden=7, sharing="layers"), 46_829),
@@ -36,7 +37,7 @@ def test_reference_parameter_counts():
 
 def test_gru_counts_and_gate_init():
     p = gru_init(jax.random.PRNGKey(0), 10, 24)
-    assert param_count(p) == 12_984  # reference-notes 2.2
+    assert param_count(p) == 12_984  # the authors' core.py GRUBlock(x 10, carry 24): the sinusoid weight learner
     assert np.all(p["b_update"] == -1.0) and np.all(p["b_reset"] == -1.0) and np.all(p["b_next"] == 0.0)
     assert "b3" not in p["next_x_net"] and "b3" not in p["next_c_net"]  # no bias on the last MLP layer
 

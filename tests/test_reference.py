@@ -1,4 +1,4 @@
-"""The authors' published learners, loaded into the engine (reference-notes 6)."""
+"""The authors' published learners (their ``mplp/savedmodels/*.npy``), loaded into the engine."""
 
 from pathlib import Path
 
@@ -23,7 +23,7 @@ def _out_scales(params):
 def test_sinusoid_learner_reproduces_the_published_curve():
     prog = mg.compile_graph(mplp_feedforward((1, 20, 20, 1)))
     params = load_reference_learner(WEIGHTS / "sinusoid_weights_00035869.npy", prog)
-    # stored out_scale values (reference-notes 6.4), layers L0/L2/L4, W then b
+    # the out_scale values stored in the file (all started at 0.01), dense layers in order, W then b
     assert _out_scales(params) == {"W0.learn": 0.065, "b0->W0": 0.14, "W1->a0": 0.194, "b1->W1": 0.137, "W2->a1": 0.46, "b2->W2": 0.311}
     assert float(params["b0->W0"]["net"]["b_update"].mean()) == pytest.approx(-1.0, abs=0.3)  # trained from -1
     fwd = mg.compile_graph(mg.feedforward((1, 20, 20, 1), "relu", "l2", protocol="none"))
@@ -39,11 +39,13 @@ def test_mnist_and_maml_learners_load():
     prog = mg.compile_graph(mplp_feedforward((144, 50, 10), "sigmoid", "ce", msg=4, hidden=7, sharing="layers"))
     params = load_reference_learner(WEIGHTS / "mnist_weights_00005000.npy", prog)
     assert _out_scales(params) == {"W0.learn": 0.198, "b0->W0": 0.038, "W1->a0": 1.182, "b1->W1": 0.012}
-    # the stored statistics of the CE targets: mean 0.1 * 31/32 (notes 3.3: init weights kept 1/32)
+    # the stored statistics of the CE targets: mean 0.1 * 31/32 (the MNIST notebook mixes in 5
+    # statistics rounds with p = 0.5, so the initial value 0 keeps weight 1/32)
     assert float(params["loss->softmax"]["norm"]["in_mean"][2]) == pytest.approx(0.096875, abs=1e-6)
     stateless = mg.compile_graph(mplp_feedforward((1, 20, 20, 1), learner="mlp"))
     p = load_reference_learner(WEIGHTS / "maml_sin_net_weights_00258202.npy", stateless)
-    # g never reached the optimizer in the reference (notes 2.3): every g bias is still 0
+    # g never reached the optimizer in the reference (core.py MessageGenerator misspells
+    # trainable_weights): every g bias is still 0
     assert all(float(np.abs(v["g"][b]).max()) == 0 for v in p.values() if "g" in v for b in ("b1", "b2", "b3"))
     assert any(float(np.abs(v["f"]["b1"]).max()) > 0 for v in p.values() if v.get("f"))
     prior = load_reference_prior(WEIGHTS / "maml_sin_prior_weights_00258202.npy", stateless)

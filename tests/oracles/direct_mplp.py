@@ -192,7 +192,8 @@ def _forward(cfg: MetaConfig, Ws: list, bs: list, x: Any):
 
 
 def _loss_elems(cfg: MetaConfig, pred: Any, t: Any):
-    """Elementwise loss and the loss node's state channels (notes 1.2)."""
+    """Elementwise loss and the loss node's state channels (the authors' core.py ``L2Loss``,
+    ``CrossEntropyLoss``)."""
     if cfg.loss == "ce":
         pc = jnp.clip(pred, CE_CLIP, 1.0 - CE_CLIP)
         lg = jnp.log(pc)
@@ -259,7 +260,7 @@ def direct_inner_step(cfg: MetaConfig, params: Any, Ws: list, bs: list, carries:
         c = _gru(p, xproj, carries[f"W{l}"])  # (B, in, out, C)
         new_c[f"W{l}"] = c
         new_W[l] = W + (jnp.mean(c[..., 0], axis=0) - norm["out_mean"]) * norm["out_scale"]
-        if l > 0:  # the first layer's outgoing message is discarded (notes 1.4)
+        if l > 0:  # the first layer's outgoing message is discarded (as the authors' MPNetwork._backward does)
             m = jnp.mean(c[..., -msg:], axis=2)  # mean over the fan-out (paper eq. 5)
             p, norm = _learner(params, cfg, f"a{l - 1}->b{l - 1}")
             c = _node(p, norm, [m, pres[l - 1][..., None]], carries[f"a{l - 1}"])
