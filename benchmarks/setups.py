@@ -12,7 +12,7 @@ def experiment_setup(name: str, **overrides: Any) -> tuple[Any, Any]:
     """``(setup, untrained learner params)`` for experiments/<name>/config.yaml with one
     statistics round and ``overrides`` (dotted keys, e.g. ``{"graph.first_layer": "rows"}``);
     ``setup.family`` and ``setup.data`` are the task family and its arrays (MNIST: loaded here,
-    docs/data.md)."""
+    :mod:`mplp_graph.tasks.mnist`)."""
     from mplp_graph.meta.config import apply_overrides, load_experiment_config
     from mplp_graph.meta.run import build, initial_params
 

@@ -1,5 +1,6 @@
-"""The backprop oracle (design.md): a protocol whose backward arrows send exact chain-rule
-gradients with sum aggregation and update ``p -= lr * grad`` reproduces ``jax.grad`` + SGD.
+"""The backprop oracle (:mod:`mplp_graph.runtime.oracle`): a protocol whose backward arrows send
+exact chain-rule gradients with sum aggregation and update ``p -= lr * grad`` reproduces
+``jax.grad`` + SGD.
 
 Two references: a dense net written directly in jax.numpy (independent of the engine), and, for
 any graph (the skip-connection graph from YAML), ``jax.grad`` through the graph's forward phase.

@@ -1,8 +1,8 @@
 """The evaluation protocol (the authors' code as docs/mplp.md describes it): N runs of a learned learner from fresh priors,
 in one jit (:func:`mplp_graph.meta.evaluate.evaluate_mplp`), with an untrained learner whose
 standardizers come from one init rollout (the timing does not depend on the learner's values).
-MNIST: 20 steps of batch 8, accuracy on 100 test images after each step (needs MNIST,
-docs/data.md); sinusoid: 5 steps of batch 10, the eval loss before and after each step.
+MNIST: 20 steps of batch 8, accuracy on 100 test images after each step (needs MNIST:
+:mod:`mplp_graph.tasks.mnist` lists its sources); sinusoid: 5 steps of batch 10, the eval loss before and after each step.
 Variants: how the runs are batched (mplp_graph.meta.batching): ``engine`` is the default
 (``auto``: one run after another on the CPU, vmapped elsewhere), ``vmap`` all runs at once;
 both must give the same mean curve."""

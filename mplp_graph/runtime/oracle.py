@@ -1,5 +1,6 @@
 """The backprop oracle as a library function: ``jax.grad`` through a graph's forward phase, then
-SGD, to check a hand-written backprop protocol against (design.md, "Correctness anchors").
+SGD, to check a hand-written backprop protocol against (docs/experiments.md, "Quick checks: the
+demo and the backprop oracle").
 
 ``jax.grad`` through an op without a derivative (``step``, ``sign``, ``is_max``, ``life``)
 returns zeros without complaint, so before differentiating, :func:`check_differentiable` looks
