@@ -304,7 +304,7 @@ def plot(res: dict, k: int, path: Path, train_path: Path) -> None:
     plt.close(fig)
 
 
-TARGET_STEP2 = 0.003  # the target for MAML+MPLP (the published learner: 0.0013)
+TARGET_STEP2 = 0.003  # the target set for our MAML+MPLP learners (docs/experiments.md; the published learner: 0.0013)
 
 
 def evaluation_summary(metrics: dict, k: int) -> dict:
