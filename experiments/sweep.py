@@ -85,8 +85,9 @@ def main(argv=None) -> int:
         ap.error(str(e))
     run_dir = Path(args.run_dir)
     command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
-    sweep_doc = {"seeds": args.seeds, "lr_mults": mults, "command": command, "device": str(jax.devices()[0]),
-                 "processes": jax.process_count(), "devices": jax.device_count()}
+    earlier = _earlier_record(run_dir / "sweep.json")  # a resumed sweep keeps its earlier commands and time
+    sweep_doc = {**{k: earlier[k] for k in ("steps_done", "train_wall_s") if k in earlier}, "seeds": args.seeds, "lr_mults": mults, "command": command, "commands": earlier.get("commands", []) + [command],
+                 "device": str(jax.devices()[0]), "processes": jax.process_count(), "devices": jax.device_count()}
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(setup, run_dir)  # config.yaml (and graph.yaml for a graph file)
@@ -138,10 +139,21 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t1
     last = history[-1] if history else {}
     done = last.get("step", 0)
-    sweep_doc.update({"steps_done": done, "train_wall_s": round(wall, 1), "last": last})
+    total = wall + earlier.get("train_wall_s", 0.0)
+    sweep_doc.update({"steps_done": done, "train_wall_s": round(total, 1), "last": last})
     atomic_write_bytes(run_dir / "sweep.json", json.dumps(sweep_doc, indent=1).encode())
     print(json.dumps({"steps_done": done, "train_wall_s": round(wall, 1), "last_loss": last.get("loss"), "step_s": last.get("step_s")}), flush=True)
     return 0
+
+
+def _earlier_record(path: Path) -> dict:
+    """The ``sweep.json`` of an earlier invocation on the same run folder (resumed from its
+    checkpoint), with ``commands`` listing every command so far; ``{}`` for a new folder."""
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    doc.setdefault("commands", [doc["command"]] if "command" in doc else [])
+    return doc
 
 
 if __name__ == "__main__":

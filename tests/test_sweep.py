@@ -135,3 +135,29 @@ def test_mnist_family_blocks_and_splits():
     assert len(starts) > 5
     with pytest.raises(ValueError, match="validation"):
         meta_splits({"train_x": x, "train_y": y}, validation=n)
+
+
+def test_sweep_script_resumed_keeps_commands_and_time(tmp_path):
+    """``experiments/sweep.py`` run twice on one folder: the second run resumes from the first's
+    checkpoint, and ``sweep.json`` lists both commands and sums both runs' training time."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sweep.py"
+    spec = importlib.util.spec_from_file_location("sweep_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    tiny = ["--config", str(path.parent / "sinusoid" / "config.yaml"), "--run-dir", str(tmp_path), "--seeds", "0", "1",
+            "--no-progress", "--log-every", "1", "--set", "graph.sizes=[1, 4, 1]", "meta.outer_batch=1", "meta.pool=2",
+            "meta.checkpoint_every=2", "task.inner_steps=2"]
+    assert script.main(tiny + ["--steps", "2"]) == 0
+    first = json.loads((tmp_path / "sweep.json").read_text())
+    assert first["steps_done"] == 2 and len(first["commands"]) == 1
+    assert script.main(tiny + ["--steps", "4"]) == 0
+    second = json.loads((tmp_path / "sweep.json").read_text())
+    assert second["steps_done"] == 4 and second["commands"] == first["commands"] + [second["command"]]
+    assert "--steps 2" in second["commands"][0] and "--steps 4" in second["commands"][1]
+    assert second["train_wall_s"] > first["train_wall_s"] > 0
+    rows = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3, 4]  # the second run went on from step 2, not from the start
