@@ -148,16 +148,16 @@ def test_sweep_script_resumed_keeps_commands_and_time(tmp_path):
     spec = importlib.util.spec_from_file_location("sweep_script", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    tiny = ["--config", str(path.parent / "sinusoid" / "config.yaml"), "--run-dir", str(tmp_path), "--seeds", "0", "1",
-            "--no-progress", "--log-every", "1", "--set", "graph.sizes=[1, 4, 1]", "meta.outer_batch=1", "meta.pool=2",
-            "meta.checkpoint_every=2", "task.inner_steps=2"]
-    assert script.main(tiny + ["--steps", "2"]) == 0
+    tiny = ["--config", str(path.parent / "sinusoid" / "config.yaml"), "--run-dir", str(tmp_path), "--seeds", "0",
+            "--no-progress", "--log-every", "1", "--set", "graph.sizes=[1, 2, 1]", "graph.msg=2", "graph.hidden=2", "meta.outer_batch=1",
+            "meta.pool=1", "meta.checkpoint_every=1", "meta.stats_rounds=1", "meta.remat=false", "task.inner_steps=1"]
+    assert script.main(tiny + ["--steps", "1"]) == 0
     first = json.loads((tmp_path / "sweep.json").read_text())
-    assert first["steps_done"] == 2 and len(first["commands"]) == 1
-    assert script.main(tiny + ["--steps", "4"]) == 0
+    assert first["steps_done"] == 1 and len(first["commands"]) == 1
+    assert script.main(tiny + ["--steps", "2"]) == 0
     second = json.loads((tmp_path / "sweep.json").read_text())
-    assert second["steps_done"] == 4 and second["commands"] == first["commands"] + [second["command"]]
-    assert "--steps 2" in second["commands"][0] and "--steps 4" in second["commands"][1]
+    assert second["steps_done"] == 2 and second["commands"] == first["commands"] + [second["command"]]
+    assert "--steps 1" in second["commands"][0] and "--steps 2" in second["commands"][1]
     assert second["train_wall_s"] > first["train_wall_s"] > 0
     rows = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows == [1, 2, 3, 4]  # the second run went on from step 2, not from the start
+    assert rows == [1, 2]  # the second run went on from step 1, not from the start
