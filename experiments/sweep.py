@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     run_dir = Path(args.run_dir)
     command = "python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:]))
     earlier = _earlier_record(run_dir / "sweep.json")  # a resumed sweep keeps its earlier commands and time
-    sweep_doc = {**{k: earlier[k] for k in ("steps_done", "train_wall_s") if k in earlier}, "seeds": args.seeds, "lr_mults": mults, "command": command, "commands": earlier.get("commands", []) + [command],
+    sweep_doc = {**{k: earlier[k] for k in ("steps_done", "train_wall_s") if k in earlier},
+                 "seeds": args.seeds, "lr_mults": mults, "command": command, "commands": earlier.get("commands", []) + [command],
                  "device": str(jax.devices()[0]), "processes": jax.process_count(), "devices": jax.device_count()}
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
         return 0
     wall = time.perf_counter() - t1
     last = history[-1] if history else {}
-    done = last.get("step", 0)
+    done = last.get("step", earlier.get("steps_done", 0))  # no new row: a resumed run that had nothing left to do
     total = wall + earlier.get("train_wall_s", 0.0)
     sweep_doc.update({"steps_done": done, "train_wall_s": round(total, 1), "last": last})
     atomic_write_bytes(run_dir / "sweep.json", json.dumps(sweep_doc, indent=1).encode())
