@@ -28,14 +28,15 @@ from mplp_graph.tasks.sinusoid import SinusoidFamily
 from mplp_graph.templates.mplp import mplp_feedforward
 
 HERE = Path(__file__).resolve().parent
+# the authors' mplp/savedmodels/*.npy (docs/mplp.md, "The authors' code"); --weights DIR elsewhere
 WEIGHTS = HERE.parents[1].parent / "shared" / "reference-weights"
 PARTS = ("sinusoid", "maml", "mnist", "mnist784")
 
 
-def sinusoid(runs, key, metrics, curves):
+def sinusoid(runs, key, metrics, curves, weights):
     prog = mg.compile_graph(mplp_feedforward((1, 20, 20, 1)))
     fwd = mg.compile_graph(mg.feedforward((1, 20, 20, 1), "relu", "l2", protocol="none"))
-    params = load_reference_learner(WEIGHTS / "sinusoid_weights_00035869.npy", prog)
+    params = load_reference_learner(weights / "sinusoid_weights_00035869.npy", prog)
     fam = SinusoidFamily()
     m = evaluate_mplp(prog, fwd, params, fam, key, runs)
     a = evaluate_optax(fwd, optax.adam(0.01), fam, key, runs)
@@ -47,11 +48,11 @@ def sinusoid(runs, key, metrics, curves):
     curves["sinusoid_mplp_train_mean"] = np.asarray(m["seen_loss"])[:, 1:].mean(0).tolist()  # on the points seen, after each update
 
 
-def maml(runs, key, metrics, curves):
+def maml(runs, key, metrics, curves, weights):
     prog = mg.compile_graph(mplp_feedforward((1, 20, 20, 1), learner="mlp"))
     fwd = mg.compile_graph(mg.feedforward((1, 20, 20, 1), "relu", "l2", protocol="none"))
-    params = load_reference_learner(WEIGHTS / "maml_sin_net_weights_00258202.npy", prog)
-    prior = load_reference_prior(WEIGHTS / "maml_sin_prior_weights_00258202.npy", prog)
+    params = load_reference_learner(weights / "maml_sin_net_weights_00258202.npy", prog)
+    prior = load_reference_prior(weights / "maml_sin_prior_weights_00258202.npy", prog)
     fam = SinusoidFamily(inner_steps=2)
     learned = np.asarray(evaluate_mplp(prog, fwd, params, fam, key, runs, prior=prior)["loss"])
     random = np.asarray(evaluate_mplp(prog, fwd, params, fam, key, runs)["loss"])
@@ -64,10 +65,10 @@ def maml(runs, key, metrics, curves):
     curves["maml_random_prior_eval_mean"] = random.mean(0).tolist()
 
 
-def _mnist_learner(sizes, activation):
+def _mnist_learner(sizes, activation, weights):
     prog = mg.compile_graph(mplp_feedforward(sizes, activation, "ce", msg=4, hidden=7, sharing="layers"))
     fwd = mg.compile_graph(mg.feedforward(sizes, activation, "ce", protocol="none"))
-    return prog, fwd, load_reference_learner(WEIGHTS / "mnist_weights_00005000.npy", prog)
+    return prog, fwd, load_reference_learner(weights / "mnist_weights_00005000.npy", prog)
 
 
 def _acc(metrics, curves, name, acc):
@@ -82,26 +83,26 @@ def _mnist_acc(prog, fwd, params, family, data, key, runs, chunk=None):
     return evaluate_mplp(prog, fwd, params, family, key, runs, data=data, chunk=chunk)["accuracy"][:, 1:]  # column 0: before any update
 
 
-def mnist(runs, key, metrics, curves):
+def mnist(runs, key, metrics, curves, weights):
     from mplp_graph.tasks.mnist import MnistFamily
 
     fam = MnistFamily(inner_steps=20, batch=8)  # 12x12
     data = fam.load()
-    prog, fwd, params = _mnist_learner((144, 50, 10), "sigmoid")
+    prog, fwd, params = _mnist_learner((144, 50, 10), "sigmoid", weights)
     t0 = time.perf_counter()
     _acc(metrics, curves, "mnist_mplp", _mnist_acc(prog, fwd, params, fam, data, key, runs))
     metrics["mnist_mplp_eval_wall_s"] = time.perf_counter() - t0  # compile included; reference code: ~107 s
     for name, opt in (("mnist_adam", optax.adam(0.01)), ("mnist_sgd", optax.sgd(0.1))):
         _acc(metrics, curves, name, evaluate_optax(fwd, opt, fam, key, runs, data=data)["accuracy"][:, 1:])
-    prog, fwd, params = _mnist_learner((144, 50, 10), "step")
+    prog, fwd, params = _mnist_learner((144, 50, 10), "step", weights)
     _acc(metrics, curves, "mnist_step", _mnist_acc(prog, fwd, params, fam, data, key, runs))
 
 
-def mnist784(runs, key, metrics, curves):
+def mnist784(runs, key, metrics, curves, weights):
     from mplp_graph.tasks.mnist import MnistFamily
 
     fam = MnistFamily(inner_steps=20, batch=8, image_size=28)  # 28x28 with its own statistics
-    prog, fwd, params = _mnist_learner((784, 100, 10), "sigmoid")
+    prog, fwd, params = _mnist_learner((784, 100, 10), "sigmoid", weights)
     _acc(metrics, curves, "mnist_784", _mnist_acc(prog, fwd, params, fam, fam.load(), key, runs, chunk=10))
     metrics["mnist_784_runs"] = runs
 
@@ -140,6 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(HERE))
+    ap.add_argument("--weights", type=Path, default=WEIGHTS, help="folder with the authors' published .npy learners (default: %(default)s)")
     args = ap.parse_args(argv)
     enable_compilation_cache()
     key = jax.random.PRNGKey(args.seed)
@@ -153,7 +155,7 @@ def main(argv=None) -> int:
     for part in args.only:
         t0 = time.perf_counter()
         runs = args.runs_784 if part == "mnist784" else args.runs
-        globals()[part](runs, key, metrics, curves)
+        globals()[part](runs, key, metrics, curves, args.weights)
         wall[part] = time.perf_counter() - t0
         print(part, {k: round(v, 5) for k, v in metrics.items() if k.startswith(part[:5])}, f"{wall[part]:.0f} s", flush=True)
     doc = {
